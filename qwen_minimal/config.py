@@ -1,0 +1,97 @@
+"""Model configuration: one dataclass, a few named presets, and checks that say what to fix."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50257           # GPT-2 BPE vocabulary (the original WikiText-103 run)
+    hidden_size: int = 768            # width of the residual stream
+    num_layers: int = 6               # decoder blocks
+    num_heads: int = 16               # query heads
+    num_kv_heads: int = 4             # key/value heads; num_heads // num_kv_heads queries share one (GQA)
+    head_dim: int | None = 48         # per-head width; Qwen3 sets it independently of hidden_size / num_heads
+    max_seq_len: int = 256            # longest sequence RoPE tables and the KV cache are built for
+    rope_theta: float = 1_000_000.0   # RoPE base; Qwen3 uses 1e6
+    rms_norm_eps: float = 1e-6
+    attention_bias: bool = False      # Qwen3 has no bias on q/k/v/o projections
+    # Feed-forward: a Mixture of Experts (use_moe=True) or one dense SwiGLU MLP (the baseline).
+    use_moe: bool = True
+    intermediate_size: int = 3072     # hidden width of the dense SwiGLU MLP
+    num_experts: int = 8
+    top_k: int = 2                    # experts each token is sent to
+    expert_intermediate_size: int = 3072  # hidden width of one expert's SwiGLU
+    norm_topk_prob: bool = True       # renormalise the top-k router probabilities to sum to 1 (Qwen3)
+    capacity_factor: float | None = None  # None: dropless (Qwen3). Else each expert takes at most
+                                          # ceil(capacity_factor * tokens * top_k / num_experts) tokens.
+    router_aux_loss_coef: float = 0.01    # weight of the load-balancing loss in the training loss
+    tie_embeddings: bool = False      # share the input embedding with the output projection
+    init_std: float = 0.02            # std of the normal init of every weight matrix
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}: "
+                    f"choose a hidden_size that is a multiple of num_heads, or set head_dim explicitly")
+            self.head_dim = self.hidden_size // self.num_heads
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                     "max_seq_len", "intermediate_size", "num_experts", "expert_intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}: "
+                f"each KV head must serve a whole group of query heads, so pick num_kv_heads among "
+                f"the divisors of num_heads")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} is odd: RoPE rotates pairs of channels, "
+                             f"so head_dim must be even")
+        if self.use_moe and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}: "
+                             f"lower top_k or add experts")
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            raise ValueError(f"capacity_factor={self.capacity_factor} must be positive, "
+                             f"or None for dropless routing")
+
+    @property
+    def num_queries_per_kv(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        """A named configuration from PRESETS, with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict] = {
+    # The original run: 6 layers, 768 wide, 16 query heads in 4 KV groups of head_dim 48,
+    # 8 experts top-2 of width 3072, GPT-2 vocabulary, untied embeddings, context 256.
+    "wikitext103": dict(),
+    # Small enough to train visibly on a 2-core CPU in about a minute.
+    "cpu-tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                     max_seq_len=128, intermediate_size=512, num_experts=8, top_k=2,
+                     expert_intermediate_size=256, tie_embeddings=True),
+    # The real Qwen3 shapes (from their config.json on the hub), for loading checkpoints.
+    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
+                       head_dim=128, max_seq_len=40960, intermediate_size=3072, use_moe=False,
+                       tie_embeddings=True),
+    "qwen3-30b-a3b": dict(vocab_size=151936, hidden_size=2048, num_layers=48, num_heads=32, num_kv_heads=4,
+                          head_dim=128, max_seq_len=40960, intermediate_size=6144, num_experts=128,
+                          top_k=8, expert_intermediate_size=768, router_aux_loss_coef=0.001),
+}

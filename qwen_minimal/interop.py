@@ -1,0 +1,155 @@
+"""Weights in and out of transformers: Qwen3ForCausalLM / Qwen3MoeForCausalLM and checkpoint folders.
+
+The mapping is explicit, name by name, and every tensor's shape is checked against the model it goes into.
+"""
+import json
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .model import QwenLM
+from .rope import RotaryEmbedding
+
+# Our name (inside blocks.{i}.) -> transformers' name (inside model.layers.{i}.). Longest prefix first.
+BLOCK_RENAMES = [
+    ("attn_norm.", "input_layernorm."),
+    ("ffn_norm.", "post_attention_layernorm."),
+    ("attn.", "self_attn."),
+    ("ffn.router.", "mlp.gate."),
+    ("ffn.", "mlp."),
+]
+TOP_LEVEL_RENAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                     "lm_head.weight": "lm_head.weight"}
+
+
+def _field(hf_config, name, default=None):
+    return hf_config.get(name, default) if isinstance(hf_config, dict) else getattr(hf_config, name, default)
+
+
+def config_from_transformers(hf_config) -> ModelConfig:
+    """A ModelConfig from a transformers Qwen3Config / Qwen3MoeConfig or its config.json as a dict."""
+    model_type = _field(hf_config, "model_type")
+    if model_type not in ("qwen3", "qwen3_moe"):
+        raise ValueError(f"model_type {model_type!r} is not supported: expected 'qwen3' or 'qwen3_moe'")
+    if _field(hf_config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act={_field(hf_config, 'hidden_act')!r}: only SwiGLU (silu) is implemented")
+    if _field(hf_config, "use_sliding_window", False):
+        raise ValueError("use_sliding_window=True is not implemented: Qwen3 checkpoints use full attention")
+    # transformers 5.x keeps rope_theta in rope_parameters; config.json files on the hub have
+    # rope_theta and rope_scaling at the top level.
+    rope = _field(hf_config, "rope_parameters") or _field(hf_config, "rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"RoPE scaling {rope} is not implemented: only the default rotary embedding is")
+    moe = model_type == "qwen3_moe"
+    if moe and (_field(hf_config, "mlp_only_layers") or _field(hf_config, "decoder_sparse_step", 1) != 1):
+        raise ValueError("mixed dense/MoE layer stacks (mlp_only_layers, decoder_sparse_step != 1) are not "
+                         "implemented: every layer must be a MoE layer")
+    fields = dict(
+        vocab_size=_field(hf_config, "vocab_size"), hidden_size=_field(hf_config, "hidden_size"),
+        num_layers=_field(hf_config, "num_hidden_layers"), num_heads=_field(hf_config, "num_attention_heads"),
+        num_kv_heads=_field(hf_config, "num_key_value_heads"), head_dim=_field(hf_config, "head_dim"),
+        max_seq_len=_field(hf_config, "max_position_embeddings"),
+        rope_theta=float(rope.get("rope_theta", _field(hf_config, "rope_theta", 10000.0))),
+        rms_norm_eps=_field(hf_config, "rms_norm_eps"), attention_bias=_field(hf_config, "attention_bias", False),
+        intermediate_size=_field(hf_config, "intermediate_size"), use_moe=moe,
+        tie_embeddings=_field(hf_config, "tie_word_embeddings", False),
+        init_std=_field(hf_config, "initializer_range", 0.02))
+    if moe:
+        fields.update(num_experts=_field(hf_config, "num_experts"), top_k=_field(hf_config, "num_experts_per_tok"),
+                      expert_intermediate_size=_field(hf_config, "moe_intermediate_size"),
+                      norm_topk_prob=_field(hf_config, "norm_topk_prob"),
+                      router_aux_loss_coef=_field(hf_config, "router_aux_loss_coef"))
+    return ModelConfig(**fields)
+
+
+def _expert_weights(hf_state: dict, layer: str, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """gate/up/down stacked [E, out, in] from transformers 5.x fused tensors or per-expert checkpoint tensors."""
+    prefix = f"model.layers.{layer}.mlp.experts."
+    if prefix + "gate_up_proj" in hf_state:  # in-memory transformers 5.x: gate half first
+        gate, up = hf_state.pop(prefix + "gate_up_proj").chunk(2, dim=1)
+        return {"gate_proj": gate, "up_proj": up, "down_proj": hf_state.pop(prefix + "down_proj")}
+    # Checkpoint files on the hub: model.layers.{i}.mlp.experts.{e}.gate_proj.weight, ...
+    try:
+        return {name: torch.stack([hf_state.pop(f"{prefix}{e}.{name}.weight") for e in range(config.num_experts)])
+                for name in ("gate_proj", "up_proj", "down_proj")}
+    except KeyError as err:
+        raise ValueError(f"expert weights for layer {layer} not found: expected {prefix}gate_up_proj or "
+                         f"{prefix}<e>.gate_proj.weight, missing {err}") from None
+
+
+def convert_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """transformers Qwen3 / Qwen3-MoE tensor names -> qwen_minimal names, with shape checks."""
+    hf_state = dict(hf_state)  # we pop what we use, to report what was left over
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {k: v.shape for k, v in QwenLM(config).state_dict().items()}
+    ours, experts_by_layer = {}, {}
+    for name, shape in expected.items():
+        if name == "lm_head.weight" and config.tie_embeddings:
+            hf_state.pop("lm_head.weight", None)  # tied: it is the embedding, loaded under embed.weight
+            continue
+        if ".experts." in name:  # blocks.{i}.ffn.experts.{gate,up,down}_proj
+            layer, part = name.split(".")[1], name.rsplit(".", 1)[1]
+            if layer not in experts_by_layer:
+                experts_by_layer[layer] = _expert_weights(hf_state, layer, config)
+            tensor = experts_by_layer[layer][part]
+        else:
+            if name.startswith("blocks."):
+                _, layer, rest = name.split(".", 2)
+                old, new = next((a, b) for a, b in BLOCK_RENAMES if rest.startswith(a))
+                source = f"model.layers.{layer}.{new}{rest[len(old):]}"
+            else:
+                source = TOP_LEVEL_RENAMES[name]
+            if source not in hf_state:
+                raise ValueError(f"checkpoint has no tensor {source!r} (for qwen_minimal's {name!r})")
+            tensor = hf_state.pop(source)
+        if tensor.shape != shape:
+            raise ValueError(f"shape mismatch for {name}: checkpoint has {tuple(tensor.shape)}, "
+                             f"the config expects {tuple(shape)}")
+        ours[name] = tensor
+    leftover = sorted(k for k in hf_state if not k.endswith("rotary_emb.inv_freq"))
+    if leftover:
+        raise ValueError(f"checkpoint tensors not used by qwen_minimal: {leftover[:8]}"
+                         f"{' ...' if len(leftover) > 8 else ''}")
+    return ours
+
+
+def _build(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> QwenLM:
+    """Instantiate without allocating random weights (meta device), then adopt the given tensors."""
+    with torch.device("meta"):
+        model = QwenLM(config)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=not config.tie_embeddings, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)  # not in checkpoints
+    return model
+
+
+def from_transformers(hf_model) -> QwenLM:
+    """The qwen_minimal model with the same weights as a transformers Qwen3ForCausalLM or
+    Qwen3MoeForCausalLM, in its dtype, on the CPU (move it with .to())."""
+    config = config_from_transformers(hf_model.config)
+    state = {k: v.detach().cpu() for k, v in hf_model.state_dict().items()}
+    return _build(config, convert_state_dict(state, config), next(hf_model.parameters()).dtype)
+
+
+def load_pretrained(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_seq_len: int | None = None) -> QwenLM:
+    """Load a Qwen3 / Qwen3-MoE checkpoint folder (config.json + *.safetensors), e.g. one downloaded with
+    huggingface_hub.snapshot_download("Qwen/Qwen3-0.6B"). max_seq_len shortens the RoPE tables."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder / 'config.json'} not found: pass a checkpoint folder holding "
+                                f"config.json and *.safetensors")
+    hf_config = json.loads((folder / "config.json").read_text())
+    config = config_from_transformers(hf_config)
+    if max_seq_len is not None:
+        config.max_seq_len = max_seq_len
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no *.safetensors files in {folder}")
+    state = {}
+    for shard in shards:
+        state.update(load_file(shard))
+    return _build(config, convert_state_dict(state, config), dtype)

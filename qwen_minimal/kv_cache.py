@@ -1,0 +1,54 @@
+"""A key/value cache preallocated to its maximum length and written in place (as in gpt-fast)."""
+import torch
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences that advance together.
+
+    k and v have shape [num_layers, batch, num_kv_heads, max_len, head_dim]; `length` positions are filled.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: int | None = None) -> "KVCache":
+        """A cache shaped for `model` (default length: the model's max_seq_len), on its device and dtype."""
+        c = model.config
+        max_len = c.max_seq_len if max_len is None else max_len
+        if max_len > c.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds the model's max_seq_len={c.max_seq_len}")
+        p = model.embed.weight
+        return cls(c.num_layers, batch_size, c.num_kv_heads, max_len, c.head_dim, p.dtype, p.device)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def check_room(self, batch_size: int, new_tokens: int) -> None:
+        if batch_size != self.k.shape[1]:
+            raise ValueError(f"input batch {batch_size} does not match the cache's batch {self.k.shape[1]}")
+        if self.length + new_tokens > self.max_len:
+            raise ValueError(f"sequence length {self.length + new_tokens} exceeds the KV cache length "
+                             f"{self.max_len}: allocate a longer cache (max_len) or generate fewer tokens")
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys/values ([B, H_kv, T, D]) at the current position; return all so far."""
+        end = self.length + k_new.shape[2]
+        self.k[layer, :, :, self.length:end] = k_new
+        self.v[layer, :, :, self.length:end] = v_new
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, new_tokens: int) -> None:
+        """Called once per forward pass, after every layer has written its keys and values."""
+        self.length += new_tokens
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2

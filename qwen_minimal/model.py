@@ -1,0 +1,138 @@
+"""The Qwen3-style decoder: pre-norm blocks of attention and a MoE (or dense SwiGLU) feed-forward."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention
+from .config import ModelConfig
+from .feed_forward import SwiGLU
+from .kv_cache import KVCache
+from .moe import MoE, Routing, load_balancing_loss
+from .rmsnorm import RMSNorm
+from .rope import RotaryEmbedding
+from .sampling import sample_next_token
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor                 # [B, T, V]
+    aux_loss: torch.Tensor | None        # load-balancing loss over all layers (None for the dense model)
+    loss: torch.Tensor | None = None     # lm_loss + router_aux_loss_coef * aux_loss, when targets are given
+    lm_loss: torch.Tensor | None = None  # cross-entropy of the next-token predictions
+    routing: list[Routing] | None = None  # per MoE layer: router logits, choices, token counts
+
+    @property
+    def tokens_per_expert(self) -> torch.Tensor | None:
+        """[num_layers, E] assignments each expert received in this forward pass."""
+        return None if self.routing is None else torch.stack([r.tokens_per_expert for r in self.routing])
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config, layer_idx)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.ffn = MoE(config) if config.use_moe else SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x, cos, sin, cache=None) -> tuple[torch.Tensor, Routing | None]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        if isinstance(self.ffn, MoE):
+            y, routing = self.ffn(self.ffn_norm(x))
+            return x + y, routing
+        return x + self.ffn(self.ffn_norm(x)), None
+
+
+class QwenLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for every matrix, ones for norm gains, zeros for biases."""
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=self.config.init_std)
+
+    def num_parameters(self, active: bool = False, include_embedding: bool = True) -> int:
+        """Parameter count; active=True counts only the top_k of num_experts experts a token uses."""
+        total = 0
+        for name, p in self.named_parameters():  # a tied weight is listed once
+            if not include_embedding and name in ("embed.weight", "lm_head.weight"):
+                continue
+            n = p.numel()
+            if active and ".experts." in name:
+                n = n * self.config.top_k // self.config.num_experts
+            total += n
+        return total
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> ModelOutput:
+        """input_ids: [B, T]. targets: [B, T] next-token ids (-100 is ignored). With a cache, the
+        tokens continue the cached sequence; their keys and values are appended to it."""
+        B, T = input_ids.shape
+        start = 0
+        if cache is not None:
+            cache.check_room(B, T)
+            start = cache.length
+        cos, sin = self.rope(start, T)
+        x = self.embed(input_ids)
+        routing = []
+        for block in self.blocks:
+            x, r = block(x, cos, sin, cache)
+            if r is not None:
+                routing.append(r)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.norm(x))
+        aux_loss = load_balancing_loss([r.router_logits for r in routing], self.config.top_k) if routing else None
+        out = ModelOutput(logits, aux_loss, routing=routing or None)
+        if targets is not None:
+            out.lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            out.loss = out.lm_loss if aux_loss is None else out.lm_loss + self.config.router_aux_loss_coef * aux_loss
+        return out
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
+                 eos_token_id: int | None = None, generator: torch.Generator | None = None,
+                 seed: int | None = None) -> torch.Tensor:
+        """Prompt [B, T] -> prompt followed by up to max_new_tokens tokens. temperature=0 is greedy.
+
+        A row that produced eos_token_id keeps emitting it; generation stops once every row has.
+        """
+        if seed is not None:
+            generator = torch.Generator(input_ids.device).manual_seed(seed)
+        B, T = input_ids.shape
+        total = T + max_new_tokens
+        if total > self.config.max_seq_len:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+                             f"max_seq_len={self.config.max_seq_len}: shorten one of them")
+        cache = KVCache.for_model(self, B, total) if use_cache else None
+        tokens, finished = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        next_input = input_ids
+        for _ in range(max_new_tokens):
+            # With a cache only the new token is fed; without one the whole sequence is recomputed.
+            logits = self(next_input if use_cache else tokens, cache=cache).logits[:, -1]
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                token = token.masked_fill(finished[:, None], eos_token_id)
+                finished |= token[:, 0] == eos_token_id
+            tokens, next_input = torch.cat([tokens, token], dim=1), token
+            if eos_token_id is not None and finished.all():
+                break
+        return tokens

@@ -1,0 +1,124 @@
+"""Mixture of Experts: a top-k router, SwiGLU experts, optional capacity, and the load-balancing loss."""
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class Routing(NamedTuple):
+    """What the router decided for N tokens, kept for the loss and for monitoring."""
+    router_logits: torch.Tensor      # [N, E] fp32, before softmax
+    expert_indices: torch.Tensor     # [N, k] chosen experts, most probable first
+    expert_weights: torch.Tensor     # [N, k] mixing weights of the chosen experts
+    kept: torch.Tensor | None        # [N, k] bool, False where capacity dropped the assignment; None if dropless
+    tokens_per_expert: torch.Tensor  # [E] assignments each expert received (before capacity); sums to N * k
+
+
+def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool = True):
+    """fp32 softmax over all experts -> the top-k -> optionally renormalised to sum to 1."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, indices = probs.topk(top_k, dim=-1)
+    if norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, indices
+
+
+def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """Slots per expert: capacity_factor times an even share of the num_tokens * top_k assignments."""
+    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+
+
+def capacity_mask(expert_indices: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
+    """[N, k] bool: which assignments fit into their expert's `capacity` slots.
+
+    Order of service (GShard / Switch): every token's first choice before any token's second choice,
+    and within one choice rank, earlier tokens (in flattened batch order) first. The overflow is dropped:
+    that token skips the expert and keeps only its residual stream for that slot.
+    """
+    N, k = expert_indices.shape
+    in_service_order = expert_indices.t().reshape(-1)                   # rank-major: [k * N]
+    one_hot = F.one_hot(in_service_order, num_experts)                  # [k * N, E]
+    queue_position = ((one_hot.cumsum(0) - 1) * one_hot).sum(-1)       # place in its expert's queue
+    return (queue_position < capacity).view(k, N).t()
+
+
+def load_balancing_loss(router_logits: torch.Tensor | list[torch.Tensor], top_k: int) -> torch.Tensor:
+    """Switch-Transformer auxiliary loss, exactly as transformers' `load_balancing_loss_func`.
+
+    E * sum_e f_e * P_e, where f_e is the fraction of tokens that chose expert e among their top-k and
+    P_e the mean router probability of e. A list of per-layer logits is concatenated first (the
+    transformers convention: one loss over all layers' tokens, not a mean of per-layer losses).
+    Its minimum, under perfectly uniform routing, is top_k.
+    """
+    if isinstance(router_logits, (list, tuple)):
+        router_logits = torch.cat(list(router_logits), dim=0)
+    num_tokens, num_experts = router_logits.shape
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    chosen = probs.topk(top_k, dim=-1).indices
+    fraction_routed = torch.bincount(chosen.flatten(), minlength=num_experts).float() / num_tokens
+    return num_experts * (fraction_routed * probs.mean(dim=0)).sum()
+
+
+class Experts(nn.Module):
+    """E SwiGLU networks stored as stacked weights, [E, out, in] like nn.Linear's."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
+        self.up_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e applied to the rows of x."""
+        return F.linear(F.silu(F.linear(x, self.gate_proj[e])) * F.linear(x, self.up_proj[e]), self.down_proj[e])
+
+    def forward(self, x: torch.Tensor, expert_indices: torch.Tensor, expert_weights: torch.Tensor,
+                kept: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_j weight_j * expert_{index_j}(x) for each row of x ([N, H]).
+
+        Assignments are sorted by expert so that each expert runs once on a contiguous block of its
+        tokens: a loop over experts, never over tokens.
+        """
+        N, k = expert_indices.shape
+        token = torch.arange(N, device=x.device).repeat_interleave(k)
+        expert, weight = expert_indices.reshape(-1), expert_weights.reshape(-1)
+        if kept is not None:
+            kept = kept.reshape(-1)
+            token, expert, weight = token[kept], expert[kept], weight[kept]
+        order = expert.argsort(stable=True)
+        token, weight = token[order], weight[order]
+        counts = torch.bincount(expert, minlength=self.gate_proj.shape[0]).tolist()
+        blocks = x[token].split(counts)
+        out = torch.cat([self.expert(e, block) for e, block in enumerate(blocks)])
+        # Under autocast the experts return bf16 while x may be fp32: accumulate in x's dtype.
+        return torch.zeros_like(x).index_add_(0, token, (out * weight[:, None]).to(x.dtype))
+
+
+class MoE(nn.Module):
+    """Route each token to its top-k experts and mix their outputs by the router's weights."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.top_k, self.norm_topk_prob = config.top_k, config.norm_topk_prob
+        self.num_experts, self.capacity_factor = config.num_experts, config.capacity_factor
+        self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = Experts(config.num_experts, config.hidden_size, config.expert_intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        # The router runs in fp32 even in a bf16 model: small logit errors flip top-k choices.
+        with torch.autocast(x.device.type, enabled=False):
+            router_logits = F.linear(x.float(), self.router.weight.float())
+        weights, indices = route(router_logits, self.top_k, self.norm_topk_prob)
+        kept = None
+        if self.capacity_factor is not None:
+            capacity = expert_capacity(x.shape[0], self.num_experts, self.top_k, self.capacity_factor)
+            kept = capacity_mask(indices, self.num_experts, capacity)
+        y = self.experts(x, indices, weights.to(x.dtype), kept)
+        tokens_per_expert = torch.bincount(indices.flatten(), minlength=self.num_experts)
+        return y.view(shape), Routing(router_logits, indices, weights, kept, tokens_per_expert)

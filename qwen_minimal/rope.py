@@ -1,0 +1,39 @@
+"""Rotary position embedding (RoFormer), in the rotate-half layout that Qwen3 and transformers use."""
+import torch
+from torch import nn
+
+
+def rope_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """The head_dim / 2 angular frequencies theta^(-2i / head_dim), fastest first."""
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel i with channel i + head_dim/2 by the angle of its position. x: [..., T, head_dim]."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables for positions 0 .. max_seq_len - 1."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+        super().__init__()
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), rope_frequencies(head_dim, theta))
+        angles = torch.cat((angles, angles), dim=-1)  # both halves of a rotated pair share an angle
+        # Not saved in checkpoints: they are a function of the config.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions start .. start + length - 1, each [length, head_dim]."""
+        if start + length > self.cos.shape[0]:
+            raise ValueError(f"positions up to {start + length} exceed max_seq_len={self.cos.shape[0]}: "
+                             f"shorten the input or build the model with a larger max_seq_len")
+        return self.cos[start:start + length], self.sin[start:start + length]
