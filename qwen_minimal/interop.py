@@ -56,7 +56,9 @@ def config_from_transformers(hf_config) -> ModelConfig:
         tie_embeddings=_field(hf_config, "tie_word_embeddings", False),
         init_std=_field(hf_config, "initializer_range", 0.02))
     if moe:
-        fields.update(num_experts=_field(hf_config, "num_experts"), top_k=_field(hf_config, "num_experts_per_tok"),
+        # save_pretrained writes num_experts under its alias num_local_experts
+        num_experts = _field(hf_config, "num_experts") or _field(hf_config, "num_local_experts")
+        fields.update(num_experts=num_experts, top_k=_field(hf_config, "num_experts_per_tok"),
                       expert_intermediate_size=_field(hf_config, "moe_intermediate_size"),
                       norm_topk_prob=_field(hf_config, "norm_topk_prob"),
                       router_aux_loss_coef=_field(hf_config, "router_aux_loss_coef"))

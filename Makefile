@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:
+#   make book   build the course into _build/html (executes every chapter)
+#   make test   run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Offline stand-ins for WikiText-103 and the hub's gpt2 tokenizer: used when ../shared exists and the
+# variables are not set already. Without them the loaders try the hub, then fall back to a demo corpus.
+SHARED := $(abspath ../shared)
+ifneq ($(wildcard $(SHARED)/data/wikitext-2/valid.txt),)
+export QWEN_MINIMAL_DATA ?= $(SHARED)/data/wikitext-2
+export QWEN_MINIMAL_TOKENIZER ?= $(SHARED)/tokenizers/gpt2
+endif
+
+.PHONY: book test browser-test clean
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+book: $(BIN)/.installed
+	bash scripts/fetch_book_assets.sh
+	$(BIN)/jupyter-book build . -W --keep-going
+
+test: $(BIN)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests
+
+# Needs `make book` first, and Debian's chromium + chromium-driver (.ci/run installs them).
+browser-test: $(BIN)/.installed
+	$(BIN)/pytest -q tests/browser
+
+clean:
+	rm -rf _build

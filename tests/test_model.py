@@ -1,0 +1,234 @@
+"""Properties of qwen_minimal's layers that hold whatever the weights: causality, RoPE, the cache, the MoE."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qwen_minimal import KVCache, ModelConfig, QwenLM
+from qwen_minimal.attention import Attention
+from qwen_minimal.moe import MoE, capacity_mask, expert_capacity
+from qwen_minimal.rmsnorm import RMSNorm
+from qwen_minimal.rope import RotaryEmbedding, apply_rope
+
+
+def tiny(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=101, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                  max_seq_len=96, num_experts=5, top_k=2, expert_intermediate_size=32, intermediate_size=64,
+                  init_std=0.1)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def model(**overrides) -> QwenLM:
+    torch.manual_seed(0)
+    return QwenLM(tiny(**overrides)).eval()
+
+
+def test_rmsnorm_equals_torch_rms_norm():
+    norm = RMSNorm(32, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 7, 32) * 5
+    torch.testing.assert_close(norm(x), F.rms_norm(x, (32,), norm.weight, eps=1e-6))
+
+
+def test_rmsnorm_keeps_bf16_input_dtype_with_fp32_gain():
+    norm = RMSNorm(16)  # fp32 gain, as in mixed-precision training
+    assert norm(torch.randn(2, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    rope = RotaryEmbedding(head_dim=32, max_seq_len=64, theta=10_000.0)
+    q, k = torch.randn(32), torch.randn(32)
+    cos, sin = rope(0, 64)
+
+    def score(m, n):
+        return apply_rope(q, cos[m], sin[m]) @ apply_rope(k, cos[n], sin[n])
+
+    for offset in (0, 3, 17):
+        torch.testing.assert_close(score(5 + offset, 2 + offset), score(5, 2), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(score(5, 2), score(5, 3))  # a different distance gives a different score
+    rotated = apply_rope(q, cos[9], sin[9])
+    torch.testing.assert_close(rotated.norm(), q.norm())  # a rotation keeps the length
+
+
+@pytest.mark.parametrize("use_moe", [True, False], ids=["moe", "dense"])
+def test_changing_a_future_token_never_changes_earlier_logits(use_moe):
+    m = model(use_moe=use_moe)
+    x = torch.randint(0, 101, (2, 20))
+    for t in (1, 10, 19):
+        y = x.clone()
+        y[:, t] = (y[:, t] + 1) % 101
+        with torch.no_grad():
+            a, b = m(x).logits, m(y).logits
+        torch.testing.assert_close(a[:, :t], b[:, :t], atol=0, rtol=0)
+        assert not torch.allclose(a[:, t], b[:, t])
+
+
+def test_attention_math_path_equals_sdpa_path():
+    config = tiny()
+    attn = Attention(config, layer_idx=0)
+    x = torch.randn(2, 11, config.hidden_size)
+    cos, sin = RotaryEmbedding(config.head_dim, 32, config.rope_theta)(0, 11)
+    fast = attn(x, cos, sin)
+    attn.use_sdpa = False
+    torch.testing.assert_close(attn(x, cos, sin), fast, atol=1e-6, rtol=1e-5)
+
+
+def test_cached_and_uncached_logits_agree_over_prompt_and_50_steps():
+    m = model()
+    sequence = torch.randint(0, 101, (2, 62))  # 12 prompt tokens + 50 decoded ones
+    cache = KVCache.for_model(m, batch_size=2)
+    with torch.no_grad():
+        full = m(sequence).logits
+        steps = [m(sequence[:, :12], cache=cache).logits]
+        steps += [m(sequence[:, t:t + 1], cache=cache).logits for t in range(12, 62)]
+    assert cache.length == 62
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_is_preallocated_and_written_in_place():
+    m = model()
+    cache = KVCache.for_model(m, batch_size=1, max_len=16)
+    storage = cache.k.data_ptr()
+    with torch.no_grad():
+        m(torch.randint(0, 101, (1, 5)), cache=cache)
+        m(torch.randint(0, 101, (1, 1)), cache=cache)
+    assert cache.k.data_ptr() == storage and cache.k.shape[3] == 16
+    assert cache.k[:, :, :, :6].abs().sum() > 0 and cache.k[:, :, :, 6:].abs().sum() == 0
+
+
+def test_sequence_longer_than_cache_or_model_raises():
+    m = model()
+    cache = KVCache.for_model(m, batch_size=1, max_len=8)
+    with torch.no_grad():
+        m(torch.zeros(1, 6, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="exceeds the KV cache length 8"):
+            m(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="max_seq_len=96"):
+            m(torch.zeros(1, 97, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        m.generate(torch.zeros(1, 90, dtype=torch.long), max_new_tokens=10)
+
+
+def test_generate_returns_prompt_then_new_tokens_and_is_seeded():
+    m = model()
+    prompt = torch.randint(0, 101, (3, 4))
+    out = m.generate(prompt, 7, temperature=0.8, top_k=20, top_p=0.9, seed=1)
+    assert out.shape == (3, 11) and torch.equal(out[:, :4], prompt)
+    assert torch.equal(out, m.generate(prompt, 7, temperature=0.8, top_k=20, top_p=0.9, seed=1))
+    assert torch.equal(m.generate(prompt, 7, temperature=0), m.generate(prompt, 7, temperature=0, use_cache=False))
+
+
+def test_generate_stops_rows_at_eos():
+    m = model()
+    prompt = torch.randint(0, 101, (2, 3))
+    greedy = m.generate(prompt, 10, temperature=0)
+    eos = greedy[0, 5].item()  # the third token row 0 generates
+    out = m.generate(prompt, 10, temperature=0, eos_token_id=eos)
+    first = (out[0, 3:] == eos).nonzero()[0].item() + 3
+    assert (out[0, first:] == eos).all()  # after eos, a row keeps emitting eos
+
+
+def moe_layer(**overrides) -> MoE:
+    torch.manual_seed(0)
+    layer = MoE(tiny(**overrides))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(std=0.2)
+    return layer
+
+
+def test_moe_with_all_experts_is_router_weighted_sum_of_every_expert():
+    layer = moe_layer(num_experts=5, top_k=5)
+    x = torch.randn(2, 9, 48)
+    y, routing = layer(x)
+    probs = torch.softmax(x.reshape(-1, 48) @ layer.router.weight.T, dim=-1)
+    expected = sum(probs[:, e:e + 1] * layer.experts.expert(e, x.reshape(-1, 48)) for e in range(5))
+    torch.testing.assert_close(y.reshape(-1, 48), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tokens_per_expert_sum_to_tokens_times_k():
+    m = model(num_experts=7, top_k=3)
+    out = m(torch.randint(0, 101, (2, 13)))
+    counts = out.tokens_per_expert
+    assert counts.shape == (2, 7)
+    assert (counts.sum(dim=1) == 2 * 13 * 3).all()
+
+
+def reference_capacity_mask(indices: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
+    """The stated order, as a plain loop: all first choices (token order), then all second choices, ..."""
+    used, kept = [0] * num_experts, torch.zeros_like(indices, dtype=torch.bool)
+    for rank in range(indices.shape[1]):
+        for token in range(indices.shape[0]):
+            e = indices[token, rank].item()
+            if used[e] < capacity:
+                used[e] += 1
+                kept[token, rank] = True
+    return kept
+
+
+def test_capacity_drops_exactly_the_overflow_in_service_order():
+    indices = torch.tensor([[0, 1], [0, 2], [0, 1], [1, 0], [2, 0]])
+    kept = capacity_mask(indices, num_experts=3, capacity=2)
+    # Expert 0: first choices of tokens 0 and 1 fill it; token 2's first choice and the second choices of
+    # tokens 3 and 4 overflow. Expert 1: token 3 (first choice), then token 0's second choice; token 2's drops.
+    expected = torch.tensor([[True, True], [True, True], [False, False], [True, False], [True, False]])
+    assert torch.equal(kept, expected)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        random_indices = torch.stack([torch.randperm(6, generator=g)[:3] for _ in range(17)])
+        assert torch.equal(capacity_mask(random_indices, 6, 5), reference_capacity_mask(random_indices, 6, 5))
+
+
+def test_capacity_in_the_layer_zeroes_dropped_assignments():
+    layer = moe_layer(num_experts=4, top_k=2, capacity_factor=0.5)
+    x = torch.randn(1, 16, 48)
+    y, routing = layer(x)
+    capacity = expert_capacity(16, 4, 2, 0.5)
+    assert capacity == math.ceil(0.5 * 16 * 2 / 4)
+    kept_per_expert = torch.bincount(routing.expert_indices[routing.kept], minlength=4)
+    assert (kept_per_expert <= capacity).all() and (~routing.kept).any()
+    flat = x.reshape(-1, 48)
+    expected = torch.zeros_like(flat)
+    for t in range(16):
+        for j in range(2):
+            if routing.kept[t, j]:
+                e = routing.expert_indices[t, j].item()
+                expected[t] += routing.expert_weights[t, j] * layer.experts.expert(e, flat[t:t + 1])[0]
+    torch.testing.assert_close(y.reshape(-1, 48), expected, atol=1e-5, rtol=1e-5)
+    dropless, _ = moe_layer(num_experts=4, top_k=2)(x)
+    assert not torch.allclose(dropless, y)
+
+
+def test_parameter_counts():
+    m = model(tie_embeddings=True)
+    c = m.config
+    expert = 3 * c.hidden_size * c.expert_intermediate_size
+    assert m.num_parameters() == sum(p.numel() for p in m.parameters())
+    assert m.num_parameters() - m.num_parameters(active=True) == c.num_layers * (c.num_experts - c.top_k) * expert
+
+
+@pytest.mark.parametrize("fields, fix", [
+    (dict(hidden_size=50, num_heads=4, head_dim=None), "not divisible by num_heads"),
+    (dict(num_heads=6, num_kv_heads=4), "divisors of num_heads"),
+    (dict(num_experts=4, top_k=5), "lower top_k or add experts"),
+    (dict(head_dim=15), "must be even"),
+    (dict(capacity_factor=0.0), "None for dropless"),
+    (dict(num_layers=0), "positive integer"),
+])
+def test_bad_configs_raise_value_error_naming_the_fix(fields, fix):
+    with pytest.raises(ValueError, match=fix):
+        tiny(**fields)
+
+
+def test_presets_and_unknown_fields():
+    big = ModelConfig.preset("wikitext103")
+    assert (big.num_layers, big.hidden_size, big.num_heads, big.num_kv_heads, big.head_dim) == (6, 768, 16, 4, 48)
+    assert (big.num_experts, big.top_k, big.expert_intermediate_size, big.vocab_size) == (8, 2, 3072, 50257)
+    assert not big.tie_embeddings and big.max_seq_len == 256
+    assert ModelConfig.preset("cpu-tiny", num_layers=3).num_layers == 3
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelConfig.preset("gpt5")
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"hidden": 3})
