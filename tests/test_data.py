@@ -1,0 +1,183 @@
+"""qwen_minimal.data: ids equal the GPT-2 tokenizer's, the cache is reused, blocks are shifted pairs,
+bad input fails fast with a clear error, and the offline demo fallback works. Runs offline."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2TokenizerFast
+
+from qwen_minimal import data
+from qwen_minimal.data import load_corpus, load_tokenizer, random_blocks, sequential_blocks
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_path(var: str, default: Path) -> Path:
+    """The offline stand-in named by `var` (set by the Makefile and .ci/run), else ../shared beside the repo."""
+    path = Path(os.environ.get(var) or default)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: set {var} (see the Makefile) or put the project's "
+                                f"shared folder at {SHARED}")
+    return path
+
+
+def data_dir() -> Path:
+    return shared_path("QWEN_MINIMAL_DATA", SHARED / "data" / "wikitext-2")
+
+
+def tokenizer_dir() -> Path:
+    return shared_path("QWEN_MINIMAL_TOKENIZER", SHARED / "tokenizers" / "gpt2")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def corpus(cache):
+    return load_corpus(data_dir(), tokenizer_dir(), cache_dir=cache)
+
+
+def test_ids_equal_gpt2_tokenizer_on_the_whole_files(corpus):
+    reference = GPT2TokenizerFast.from_pretrained(tokenizer_dir())
+    # The folder has no train file: valid.txt is the training text and test.txt the validation text.
+    train_text = (data_dir() / "valid.txt").read_text(encoding="utf-8")
+    np.testing.assert_array_equal(corpus.train, reference(train_text)["input_ids"])
+    # A prefix of whole lines is enough for the second file (tokenizing it all would double the test's time).
+    head = "".join((data_dir() / "test.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:500])
+    expected = reference(head)["input_ids"]
+    np.testing.assert_array_equal(corpus.validation[:len(expected)], expected)
+    assert corpus.train.dtype == np.uint16 and corpus.vocab_size == len(reference) == 50257
+    assert "training on valid.txt and validating on test.txt" in corpus.source
+
+
+def test_second_load_reuses_the_cache_and_honours_the_env_vars(corpus, cache, monkeypatch):
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("the cached ids should have been reused")
+
+    monkeypatch.setattr(data, "tokenize_lines", no_tokenizing)
+    monkeypatch.setenv("QWEN_MINIMAL_DATA", str(data_dir()))
+    monkeypatch.setenv("QWEN_MINIMAL_TOKENIZER", str(tokenizer_dir()))
+    monkeypatch.setenv("QWEN_MINIMAL_CACHE", str(cache))
+    again = load_corpus()
+    assert again.train.filename == corpus.train.filename
+    assert again.validation.filename == corpus.validation.filename
+    np.testing.assert_array_equal(again.train, corpus.train)
+
+
+def test_edited_file_is_tokenized_again(tmp_path):
+    tok = load_tokenizer(tokenizer_dir())
+    (tmp_path / "train.txt").write_text(" Hello world \n = Heading = \n")
+    (tmp_path / "valid.txt").write_text(" The quick brown fox \n")
+    first = load_corpus(tmp_path, tok, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(first.validation, [383, 2068, 7586, 21831, 220, 198])
+    (tmp_path / "valid.txt").write_text(" Hello world \n")
+    second = load_corpus(tmp_path, tok, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(second.validation, tok(" Hello world \n")["input_ids"])
+    np.testing.assert_array_equal(second.train, first.train)
+
+
+def test_plain_text_files_hold_out_their_last_lines(tmp_path):
+    tok = load_tokenizer(tokenizer_dir())
+    lines = [f" line {i} of some text .\n" for i in range(40)]
+    (tmp_path / "a.txt").write_text("".join(lines[:25]))
+    (tmp_path / "b.txt").write_text("".join(lines[25:]))
+    corpus = load_corpus(tmp_path, tok, cache_dir=tmp_path / "cache")
+    assert tok.decode(corpus.train) == "".join(lines[:36])
+    assert tok.decode(corpus.validation) == "".join(lines[36:])
+    assert "a.txt, b.txt" in corpus.source
+
+
+def test_hub_corpus_is_cached_and_then_used_offline(tmp_path, monkeypatch):
+    for var in ("QWEN_MINIMAL_DATA", "QWEN_MINIMAL_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    tok = load_tokenizer(tokenizer_dir())
+    # A stand-in for the hub: rows as the datasets library gives WikiText (blank lines are empty strings).
+    rows = {"train": [" = Cats = \n", "", " The cat sat on the mat .\n"], "validation": [" The dog ran .\n"]}
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=1.5: True)
+    monkeypatch.setattr(data, "_hub_lines", lambda config, split: rows[split])
+    online = load_corpus(tokenizer=tok, cache_dir=tmp_path)
+    assert online.source.startswith("Salesforce/wikitext wikitext-103-v1")
+    np.testing.assert_array_equal(online.train, tok("".join(rows["train"]))["input_ids"])
+
+    def no_hub(config, split):
+        raise AssertionError("the cached ids should have been used")
+
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=1.5: False)
+    monkeypatch.setattr(data, "_hub_lines", no_hub)
+    offline = load_corpus(tokenizer=tok, cache_dir=tmp_path)  # nothing asked, hub down: WikiText from the cache
+    assert offline.train.filename == online.train.filename and offline.source.startswith("Salesforce/wikitext")
+
+
+def test_random_blocks_are_next_token_pairs_at_seeded_offsets():
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = random_blocks(tokens, 6, 16, generator=torch.Generator().manual_seed(3))
+    assert x.shape == y.shape == (6, 16) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(y, x + 1)  # with 0, 1, 2, ... as the text, the next token is x + 1
+    starts = torch.randint(1000 - 16, (6,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x[:, 0], starts)
+    x2, _ = random_blocks(tokens, 6, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x, x2)
+
+
+def test_sequential_blocks_cover_the_text_in_order():
+    tokens = np.arange(1000, dtype=np.uint16)
+    batches = list(sequential_blocks(tokens, 4, 64))
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 64), (4, 64), (4, 64), (3, 64)]  # 999 // 64 = 15 blocks
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    assert torch.equal(x.flatten(), torch.arange(15 * 64))
+    assert torch.equal(y, x + 1)
+    assert len(list(sequential_blocks(tokens, 4, 64, max_batches=2))) == 2
+
+
+def test_blocks_longer_than_the_text_are_refused():
+    with pytest.raises(ValueError, match="lower block_size"):
+        random_blocks(np.arange(10, dtype=np.uint16), 2, 10)
+    with pytest.raises(ValueError, match="lower block_size"):
+        sequential_blocks(np.arange(10, dtype=np.uint16), 2, 10)
+
+
+def fails_fast(error, match, call):
+    """`call()` raises `error` with a message matching `match` within 2 s (a guard against hangs)."""
+    start = time.monotonic()
+    with pytest.raises(error, match=match):
+        call()
+    assert time.monotonic() - start < 2.0
+
+
+def test_bad_input_fails_fast_with_a_clear_error(tmp_path):
+    tok = load_tokenizer(tokenizer_dir())
+    cache = tmp_path / "cache"
+    fails_fast(FileNotFoundError, "no file or folder at .*QWEN_MINIMAL_DATA",
+               lambda: load_corpus(tmp_path / "missing", tok, cache_dir=cache))
+    (tmp_path / "empty").mkdir()
+    fails_fast(ValueError, "no usable text files", lambda: load_corpus(tmp_path / "empty", tok, cache_dir=cache))
+    (tmp_path / "empty" / "train.txt").write_text("")
+    fails_fast(ValueError, "train.txt is empty", lambda: load_corpus(tmp_path / "empty", tok, cache_dir=cache))
+    fails_fast(FileNotFoundError, "hub dataset 'wikitext-103-v1' was asked for.*unreachable",
+               lambda: load_corpus("wikitext-103-v1", tok, cache_dir=cache))
+    fails_fast(FileNotFoundError, "would come from the hub.*unreachable",
+               lambda: load_tokenizer("qwen-minimal/no-such-tokenizer"))
+
+
+def test_offline_demo_fallback_is_announced(tmp_path, monkeypatch):
+    for var in ("QWEN_MINIMAL_DATA", "QWEN_MINIMAL_TOKENIZER", "QWEN_MINIMAL_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.warns(UserWarning, match="OFFLINE DEMO"):
+        corpus = load_corpus(cache_dir=tmp_path)
+    assert corpus.source.startswith("OFFLINE DEMO")
+    lines = data.demo_text().splitlines(keepends=True)
+    # The held-out text decodes back to the demo text's last lines: the pipeline loses nothing.
+    assert corpus.tokenizer.decode(corpus.validation) == "".join(lines[len(lines) - len(lines) // 10:])
+    assert len(corpus.train) > 50_000 and int(corpus.train.max()) < corpus.vocab_size
+    x, y = random_blocks(corpus.train, 2, 32, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 32)
