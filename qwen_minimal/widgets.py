@@ -1,0 +1,97 @@
+"""Interactive figures that also work in the static book, where no Python kernel runs.
+
+Every figure is rendered once, at build time, for every slider position. The sliders are linked in the
+browser (`widgets.jslink`) to the `selected_index` of nested `widgets.Stack`s of `widgets.Image`s, so
+moving a slider only shows another precomputed picture. The widget state, images included, is saved in
+the executed notebook and embedded in the built page, so the sliders keep working without a kernel.
+With ipywidgets 7 (no Stack widget, e.g. Colab's default) a Python callback swaps the image instead.
+"""
+import io
+from typing import Callable, Sequence
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+
+def figure_to_png(fig: Figure, dpi: int = 80) -> bytes:
+    """PNG bytes of a matplotlib figure, which is then closed so that Jupyter does not show it too."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)  # no bbox_inches="tight": equal sizes keep the page still
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _placeholder(message: str, figsize) -> Figure:
+    fig = plt.figure(figsize=figsize)
+    fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=14)
+    return fig
+
+
+def image_slider_explorer(
+    render: Callable[[int, int], Figure],
+    experts: Sequence[int],
+    top_k: Sequence[int],
+    *,
+    initial: tuple[int, int] | None = None,
+    dpi: int = 80,
+) -> widgets.VBox:
+    """Two sliders (number of experts, top-k) choosing among figures `render(num_experts, k)`.
+
+    `render` is called once per pair with k <= num_experts and must return a new matplotlib Figure
+    of the same size every time, laid out so that its labels fit (layout="constrained" or
+    subplots_adjust); pairs with k > num_experts show a note instead. `initial` is the
+    (num_experts, k) pair shown first (default: the middle of each range). Display the returned widget
+    as the last expression of a cell. Cost: len(experts) * len(top_k) PNGs stored in the notebook,
+    so keep the grid small (tens of images) and `dpi` modest.
+    """
+    experts, top_k = list(experts), list(top_k)
+    if not experts or not top_k:
+        raise ValueError("image_slider_explorer needs at least one value in `experts` and in `top_k`")
+    if min(experts) < 1 or min(top_k) < 1:
+        raise ValueError(f"experts and top_k must be positive integers, got {experts} and {top_k}")
+    if initial is None:
+        initial = (experts[len(experts) // 2], top_k[len(top_k) // 2])
+    if initial[0] not in experts or initial[1] not in top_k:
+        raise ValueError(f"initial={initial} must be a pair from experts={experts} and top_k={top_k}")
+
+    pngs, figsize = {}, None
+    for num_experts in experts:
+        for k in top_k:
+            if k <= num_experts:
+                fig = render(num_experts, k)
+                if not isinstance(fig, Figure):
+                    raise ValueError(f"render({num_experts}, {k}) must return a matplotlib Figure, "
+                                     f"got {type(fig).__name__}")
+                figsize = figsize or tuple(fig.get_size_inches())
+                pngs[num_experts, k] = figure_to_png(fig, dpi)
+    if not pngs:
+        raise ValueError(f"no pair with top_k <= number of experts in experts={experts}, top_k={top_k}")
+    for num_experts in experts:
+        for k in top_k:
+            if k > num_experts:
+                note = f"top-k = {k} > {num_experts} experts:\na token cannot choose more experts than exist"
+                pngs[num_experts, k] = figure_to_png(_placeholder(note, figsize), dpi)
+
+    look = dict(style={"description_width": "170px"}, layout=widgets.Layout(width="480px"))
+    experts_slider = widgets.SelectionSlider(options=experts, value=initial[0],
+                                             description="number of experts", **look)
+    top_k_slider = widgets.SelectionSlider(options=top_k, value=initial[1],
+                                           description="top-k (experts per token)", **look)
+    if not hasattr(widgets, "Stack"):  # ipywidgets 7 (Colab's default): needs the kernel to swap images
+        image = widgets.Image(value=pngs[initial], format="png")
+
+        def show(_change):
+            image.value = pngs[experts_slider.value, top_k_slider.value]
+        experts_slider.observe(show, "value")
+        top_k_slider.observe(show, "value")
+        return widgets.VBox([experts_slider, top_k_slider, image])
+
+    rows = [widgets.Stack([widgets.Image(value=pngs[e, k], format="png") for k in top_k],
+                          selected_index=top_k.index(initial[1])) for e in experts]
+    grid = widgets.Stack(rows, selected_index=experts.index(initial[0]))
+    # jslink, not observe: the link lives in the browser, so it also works in the static book.
+    widgets.jslink((experts_slider, "index"), (grid, "selected_index"))
+    for row in rows:
+        widgets.jslink((top_k_slider, "index"), (row, "selected_index"))
+    return widgets.VBox([experts_slider, top_k_slider, grid])
