@@ -27,13 +27,15 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same computation through PyTorch's fused kernel."""
+    """The same computation through PyTorch's fused kernel. k and v may have fewer heads than q (GQA):
+    the kernel then shares each KV head with its group of query heads without copying it."""
     q_len, k_len = q.shape[2], k.shape[2]
+    gqa = k.shape[1] != q.shape[1]
     if q_len == k_len:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     if q_len == 1:  # one new token during decoding sees every cached position: no mask needed
-        return F.scaled_dot_product_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q_len, k_len, q.device))
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q_len, k_len, q.device), enable_gqa=gqa)
 
 
 class Attention(nn.Module):
@@ -61,8 +63,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        # GQA: each KV head serves num_heads // num_kv_heads consecutive query heads.
-        group = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        out = attention_sdpa(q, k, v) if self.use_sdpa else attention_math(q, k, v)
+        if self.use_sdpa:
+            out = attention_sdpa(q, k, v)
+        else:  # GQA written out: each KV head serves num_heads // num_kv_heads consecutive query heads
+            group = self.num_heads // self.num_kv_heads
+            out = attention_math(q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1))
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

@@ -84,6 +84,19 @@ class QwenLM(nn.Module):
                 cache: KVCache | None = None) -> ModelOutput:
         """input_ids: [B, T]. targets: [B, T] next-token ids (-100 is ignored). With a cache, the
         tokens continue the cached sequence; their keys and values are appended to it."""
+        x, routing = self.hidden_states(input_ids, cache)
+        logits = self.lm_head(x)
+        aux_loss = load_balancing_loss([r.router_logits for r in routing], self.config.top_k) if routing else None
+        out = ModelOutput(logits, aux_loss, routing=routing or None)
+        if targets is not None:
+            out.lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            out.loss = out.lm_loss if aux_loss is None else out.lm_loss + self.config.router_aux_loss_coef * aux_loss
+        return out
+
+    def hidden_states(self, input_ids: torch.Tensor,
+                      cache: KVCache | None = None) -> tuple[torch.Tensor, list[Routing]]:
+        """The decoder without its output projection: final-norm hidden states [B, T, hidden_size] and
+        the routing of every MoE layer (empty for the dense model)."""
         B, T = input_ids.shape
         start = 0
         if cache is not None:
@@ -98,13 +111,7 @@ class QwenLM(nn.Module):
                 routing.append(r)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(self.norm(x))
-        aux_loss = load_balancing_loss([r.router_logits for r in routing], self.config.top_k) if routing else None
-        out = ModelOutput(logits, aux_loss, routing=routing or None)
-        if targets is not None:
-            out.lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-            out.loss = out.lm_loss if aux_loss is None else out.lm_loss + self.config.router_aux_loss_coef * aux_loss
-        return out
+        return self.norm(x), routing
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -127,7 +134,9 @@ class QwenLM(nn.Module):
         next_input = input_ids
         for _ in range(max_new_tokens):
             # With a cache only the new token is fed; without one the whole sequence is recomputed.
-            logits = self(next_input if use_cache else tokens, cache=cache).logits[:, -1]
+            # Only the last position needs logits, and no losses are needed.
+            x, _ = self.hidden_states(next_input if use_cache else tokens, cache)
+            logits = self.lm_head(x[:, -1])
             token = sample_next_token(logits, temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 token = token.masked_fill(finished[:, None], eos_token_id)

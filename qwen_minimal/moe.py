@@ -83,17 +83,16 @@ class Experts(nn.Module):
         Assignments are sorted by expert so that each expert runs once on a contiguous block of its
         tokens: a loop over experts, never over tokens.
         """
-        N, k = expert_indices.shape
-        token = torch.arange(N, device=x.device).repeat_interleave(k)
-        expert, weight = expert_indices.reshape(-1), expert_weights.reshape(-1)
+        k = expert_indices.shape[1]
+        expert = expert_indices.reshape(-1)  # assignment a = token * k + slot
+        order = expert.argsort(stable=True)  # assignments grouped by expert, in token order within each
         if kept is not None:
-            kept = kept.reshape(-1)
-            token, expert, weight = token[kept], expert[kept], weight[kept]
-        order = expert.argsort(stable=True)
-        token, weight = token[order], weight[order]
-        counts = torch.bincount(expert, minlength=self.gate_proj.shape[0]).tolist()
+            order = order[kept.reshape(-1)[order]]
+        token, weight = order // k, expert_weights.reshape(-1)[order]
+        counts = torch.bincount(expert[order], minlength=self.gate_proj.shape[0]).tolist()
         blocks = x[token].split(counts)
-        out = torch.cat([self.expert(e, block) for e, block in enumerate(blocks)])
+        # Experts without tokens are skipped: while decoding one token only top_k of them run.
+        out = torch.cat([self.expert(e, block) for e, block in enumerate(blocks) if counts[e]])
         # Under autocast the experts return bf16 while x may be fp32: accumulate in x's dtype.
         return torch.zeros_like(x).index_add_(0, token, (out * weight[:, None]).to(x.dtype))
 
