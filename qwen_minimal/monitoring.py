@@ -1,0 +1,226 @@
+"""Watching a training run: gradient norms per layer, activation statistics per block, the load of
+every expert, a metrics file (JSON lines), and the plots of it all.
+
+The metrics file holds one JSON object per line, each with a "kind":
+  train    step, loss, lm_loss, aux_loss, lr, grad_norm, tokens_per_s (and mfu on a known GPU),
+           averaged over the steps since the previous train record
+  eval     step, val_loss, val_ppl
+  monitor  step, grad_norm_attn[L], grad_norm_ffn[L], act_mean[L], act_std[L],
+           tokens_per_expert[L][E] (summed since the previous monitor record), kl_uniform[L]
+`step` counts the optimizer updates done before the measurement, so train and eval records of the
+same step describe the same weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt  # with no display, matplotlib falls back to the Agg backend
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def layer_grad_norms(model: nn.Module) -> dict[str, list[float]]:
+    """L2 norm of the gradient of each block's attention half (attn_norm + attn) and feed-forward half
+    (ffn_norm + MoE or MLP). Call between backward() and the optimizer step (before clipping)."""
+    def norm(modules):
+        grads = [p.grad.float().norm() for m in modules for p in m.parameters() if p.grad is not None]
+        return torch.stack(grads).norm() if grads else torch.zeros(())
+
+    norms = torch.stack([torch.stack([norm([b.attn_norm, b.attn]), norm([b.ffn_norm, b.ffn])])
+                         for b in model.blocks]).tolist()  # one device sync for all layers
+    return {"attn": [a for a, _ in norms], "ffn": [f for _, f in norms]}
+
+
+@contextmanager
+def record_activations(model: nn.Module):
+    """Inside the `with`, a forward hook on every block stores the mean and standard deviation of the
+    residual stream it outputs. Yields a list that receives one (mean, std) pair of tensors per block
+    and forward pass; the hooks are removed on exit, so normal steps pay nothing."""
+    stats = []
+
+    def hook(module, inputs, output):
+        x = output[0].detach().float()  # a block returns (hidden states, routing)
+        stats.append((x.mean(), x.std()))
+
+    handles = [block.register_forward_hook(hook) for block in model.blocks]
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def kl_to_uniform(tokens_per_expert: torch.Tensor) -> torch.Tensor:
+    """KL(p || uniform) = sum_e p_e log(E p_e) of each row's load distribution p = counts / sum(counts).
+    0 for a perfectly even load, log(E) when one expert takes every token. [..., E] -> [...]."""
+    counts = tokens_per_expert.double()
+    p = counts / counts.sum(-1, keepdim=True)
+    return torch.special.xlogy(p, p * counts.shape[-1]).sum(-1)  # xlogy: 0 log 0 = 0
+
+
+# ----------------------------------------------------------------------------- metrics file
+
+
+class MetricsLog:
+    """Appends records to a JSON-lines file and keeps them in `records`.
+
+    keep_before: on resume, the records of steps before this one are kept and later ones dropped (they
+    are about to be measured again); None starts a new file."""
+
+    def __init__(self, path: str | Path, keep_before: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = read_metrics(self.path) if keep_before is not None and self.path.exists() else []
+        self.records = [r for r in old if r["step"] < (keep_before or 0)]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics file (a run's <out_dir>/metrics.jsonl), in order."""
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def of_kind(records: list[dict], kind: str) -> list[dict]:
+    return [r for r in records if r["kind"] == kind]
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _layer_colors(n: int):
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(i / max(1, n - 1)) for i in range(n)]
+
+
+def plot_losses(records: list[dict]):
+    """Training and validation loss (left) and the load-balancing loss (right) against the step."""
+    train, evals = of_kind(records, "train"), of_kind(records, "eval")
+    fig, (ax, ax_aux) = plt.subplots(1, 2, figsize=(11, 4))
+    ax.plot([r["step"] for r in train], [r["lm_loss"] for r in train], label="training (cross-entropy)")
+    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+    ax.set(title="Language-modelling loss", xlabel="optimizer step", ylabel="loss (nats per token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    aux = [r for r in train if r.get("aux_loss") is not None]
+    ax_aux.plot([r["step"] for r in aux], [r["aux_loss"] for r in aux], color="C2")
+    ax_aux.set(title="Load-balancing loss (minimum = top_k)", xlabel="optimizer step",
+               ylabel="auxiliary loss (dimensionless)")
+    ax_aux.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr(records: list[dict]):
+    train = of_kind(records, "train")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train])
+    ax.set(title="Learning rate", xlabel="optimizer step", ylabel="learning rate")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grad_norms(records: list[dict]):
+    """Per-layer gradient norms of the attention and the feed-forward halves of each block."""
+    mon = of_kind(records, "monitor")
+    steps = [r["step"] for r in mon]
+    num_layers = len(mon[0]["grad_norm_attn"]) if mon else 0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, name in zip(axes, ("grad_norm_attn", "grad_norm_ffn"), ("attention", "feed-forward (MoE)")):
+        for layer, color in enumerate(_layer_colors(num_layers)):
+            ax.plot(steps, [r[key][layer] for r in mon], color=color, label=f"layer {layer}")
+        ax.set(title=f"Gradient norm, {name}", xlabel="optimizer step", ylabel="L2 norm (before clipping)",
+               yscale="log")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_activations(records: list[dict]):
+    """Mean and standard deviation of every block's output (the residual stream)."""
+    mon = of_kind(records, "monitor")
+    steps = [r["step"] for r in mon]
+    num_layers = len(mon[0]["act_std"]) if mon else 0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, name in zip(axes, ("act_mean", "act_std"), ("mean", "standard deviation")):
+        for layer, color in enumerate(_layer_colors(num_layers)):
+            ax.plot(steps, [r[key][layer] for r in mon], color=color, label=f"block {layer}")
+        ax.set(title=f"Block output {name}", xlabel="optimizer step", ylabel=f"{name} (activation units)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_expert_load(records: list[dict]):
+    """Heatmap of each layer's share of routing assignments per expert, in the last monitoring window.
+    An even load is 1/E in every cell."""
+    mon = [r for r in of_kind(records, "monitor") if r.get("tokens_per_expert")]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    if not mon:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no expert load recorded (dense model)", ha="center")
+        return fig
+    counts = torch.tensor(mon[-1]["tokens_per_expert"], dtype=torch.float64)
+    share = (counts / counts.sum(-1, keepdim=True)).numpy()
+    num_layers, num_experts = share.shape
+    image = ax.imshow(share, cmap="magma", vmin=0, aspect="auto")
+    for layer in range(num_layers):
+        for e in range(num_experts):
+            ax.text(e, layer, f"{share[layer, e]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if share[layer, e] < share.max() / 2 else "black")
+    ax.set(title=f"Expert load at step {mon[-1]['step']} (even = {1 / num_experts:.3f})", xlabel="expert",
+           ylabel="layer", xticks=range(num_experts), yticks=range(num_layers))
+    fig.colorbar(image, ax=ax, label="share of assignments")
+    fig.tight_layout()
+    return fig
+
+
+def plot_expert_kl(records: list[dict]):
+    """KL divergence of each layer's expert load from the uniform distribution, against the step."""
+    mon = [r for r in of_kind(records, "monitor") if r.get("kl_uniform")]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    num_layers = len(mon[0]["kl_uniform"]) if mon else 0
+    for layer, color in enumerate(_layer_colors(num_layers)):
+        # KL can be exactly 0; the log axis needs positive values.
+        ax.plot([r["step"] for r in mon], [max(r["kl_uniform"][layer], 1e-6) for r in mon], color=color,
+                label=f"layer {layer}")
+    ax.set(title="Expert load: KL divergence to uniform", xlabel="optimizer step", ylabel="KL (nats)",
+           yscale="log")
+    ax.grid(alpha=0.3)
+    if num_layers:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+PLOTS = {"losses": plot_losses, "lr": plot_lr, "grad_norms": plot_grad_norms, "activations": plot_activations,
+         "expert_load": plot_expert_load, "expert_kl": plot_expert_kl}
+
+
+def save_plots(records: list[dict], folder: str | Path) -> list[Path]:
+    """Write every plot of PLOTS as <folder>/<name>.png and return the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, plot in PLOTS.items():
+        fig = plot(records)
+        paths.append(folder / f"{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,69 @@
+"""python -m qwen_minimal.sample: prints the same text as generate_text() for a checkpoint, says when the
+model is a random one, and fails fast with a clear message for a missing checkpoint. Runs offline."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen_minimal import ModelConfig, QwenLM, checkpoint
+from qwen_minimal.data import load_tokenizer
+from qwen_minimal.sample import generate_text, main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def offline_tokenizer(monkeypatch):
+    path = Path(os.environ.get("QWEN_MINIMAL_TOKENIZER") or SHARED / "tokenizers" / "gpt2")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: set QWEN_MINIMAL_TOKENIZER (see the Makefile)")
+    monkeypatch.setenv("QWEN_MINIMAL_TOKENIZER", str(path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    torch.manual_seed(0)
+    model = QwenLM(ModelConfig.preset("cpu-tiny", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                      head_dim=16, num_experts=4, expert_intermediate_size=32))
+    checkpoint.save_checkpoint(tmp_path / "run", model, step=3, tokenizer=load_tokenizer())
+    return tmp_path / "run", model.eval()
+
+
+def test_cli_prints_the_samples_of_generate_text(saved_model):
+    folder, model = saved_model
+    args = ["--prompt", "The tower", "--max_new_tokens", "8", "--num_samples", "2", "--seed", "0",
+            "--temperature", "1.0", "--top_k", "20"]
+    run = subprocess.run([sys.executable, "-m", "qwen_minimal.sample", "--checkpoint", str(folder), *args],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    expected = generate_text(model, load_tokenizer(), "The tower", max_new_tokens=8, temperature=1.0, top_k=20,
+                             num_samples=2, seed=0)
+    assert run.stdout == f"--- sample 1 ---\n{expected[0]}\n--- sample 2 ---\n{expected[1]}\n"
+    assert all(text.startswith("The tower") and len(text) > len("The tower") for text in expected)
+    assert expected[0] != expected[1]  # two independent samples
+    assert "step 3" in run.stderr
+
+
+def test_greedy_samples_are_identical(saved_model):
+    folder, _ = saved_model
+    model, tokenizer = checkpoint.load_model(folder), checkpoint.load_tokenizer(folder)
+    first, second = generate_text(model, tokenizer, "The", max_new_tokens=5, temperature=0, num_samples=2)
+    assert first == second
+
+
+def test_random_model_is_announced(capsys):
+    main(["--prompt", "Hello", "--max_new_tokens", "3", "--seed", "1"])
+    captured = capsys.readouterr()
+    assert "RANDOMLY INITIALISED" in captured.err
+    assert captured.out.startswith("Hello")
+
+
+def test_missing_checkpoint_fails_fast_and_clearly(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "no-such-run")])
+    assert exit_info.value.code == 2
+    assert "no checkpoint at" in capsys.readouterr().err

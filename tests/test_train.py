@@ -1,0 +1,175 @@
+"""qwen_minimal.train / checkpoint / monitoring: the schedule equals PyTorch's OneCycleLR, a short cpu-tiny
+run learns, a resumed run repeats the uninterrupted loss curve exactly, a checkpoint gives back identical
+logits, the command line trains, stops on Ctrl-C and resumes, and bad input fails fast. Runs offline."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen_minimal import ModelConfig, QwenLM, checkpoint, monitoring
+from qwen_minimal.train import TrainConfig, lr_at, main, train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# A model small enough that a step takes milliseconds; the GPT-2 vocabulary still dominates its cost.
+MICRO_MODEL = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
+                   num_experts=4, top_k=2, expert_intermediate_size=32, max_seq_len=32)
+MICRO_CLI = [f"--model.{k}={v}" for k, v in MICRO_MODEL.items()]
+
+
+@pytest.fixture(autouse=True)
+def offline_data(monkeypatch):
+    """The shared offline WikiText sample and GPT-2 tokenizer (set by the Makefile and CI; else ../shared)."""
+    for var, default in (("QWEN_MINIMAL_DATA", SHARED / "data" / "wikitext-2"),
+                         ("QWEN_MINIMAL_TOKENIZER", SHARED / "tokenizers" / "gpt2")):
+        path = Path(os.environ.get(var) or default)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: set {var} (see the Makefile)")
+        monkeypatch.setenv(var, str(path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def micro_config(out_dir, **overrides) -> TrainConfig:
+    values = dict(batch_size=4, block_size=16, max_steps=6, lr=3e-3, min_lr=1e-4, eval_interval=3, eval_batches=2,
+                  log_interval=1, monitor_interval=2, checkpoint_interval=1000, progress=False, out_dir=str(out_dir))
+    return TrainConfig.preset("cpu-tiny", model=MICRO_MODEL, **{**values, **overrides})
+
+
+def test_lr_schedule_equals_torch_one_cycle():
+    config = TrainConfig.preset("wikitext103", max_steps=200)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.max_steps, pct_start=config.warmup_frac,
+        anneal_strategy="cos", cycle_momentum=False, div_factor=config.lr / config.min_lr, final_div_factor=1.0)
+    expected = []
+    for _ in range(config.max_steps):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    ours = [lr_at(step, config) for step in range(config.max_steps)]
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64))
+    assert max(ours) == pytest.approx(config.lr)
+    assert ours[0] == pytest.approx(config.min_lr) and ours[-1] == pytest.approx(config.min_lr)
+
+
+def test_weight_decay_on_matrices_only():
+    from qwen_minimal.train import make_optimizer
+    model = QwenLM(ModelConfig.preset("cpu-tiny", **MICRO_MODEL))
+    decay, no_decay = make_optimizer(model, micro_config("unused"), torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {p.dim() for p in decay["params"]} == {2, 3} and {p.dim() for p in no_decay["params"]} == {1}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_cpu_tiny_run_learns(tmp_path):
+    # cpu-tiny shrunk to a 32-wide model and 40 steps of 4 x 16 tokens, with a higher learning rate
+    result = train(micro_config(tmp_path, max_steps=40, lr=1e-2, eval_interval=40, monitor_interval=10))
+    evals = monitoring.of_kind(result.history, "eval")
+    assert [r["step"] for r in evals] == [0, 40]
+    assert evals[0]["val_loss"] > 10.5  # about log(50257): the untrained model guesses uniformly
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 2.0, evals
+    train_records = monitoring.of_kind(result.history, "train")
+    assert train_records[-1]["lm_loss"] < train_records[0]["lm_loss"] - 1.5
+    monitor = monitoring.of_kind(result.history, "monitor")
+    assert all(len(r["kl_uniform"]) == 2 and len(r["act_std"]) == 2 for r in monitor)
+    # each record sums every step since the previous one: top_k assignments per token per layer
+    assert sum(sum(r["tokens_per_expert"][0]) for r in monitor) == (monitor[-1]["step"] + 1) * 4 * 16 * 2
+
+
+def test_resume_repeats_the_uninterrupted_loss_curve(tmp_path):
+    whole = train(micro_config(tmp_path / "whole"))
+    with pytest.raises(FileExistsError, match="resume"):
+        train(micro_config(tmp_path / "whole"))  # never overwrite a finished run
+
+    first = train(micro_config(tmp_path / "split"), stop_at=3)
+    assert first.step == 3 and checkpoint.read_config(tmp_path / "split")["step"] == 3
+    resumed = train(micro_config(tmp_path / "split"), resume=True)
+    assert resumed.step == 6
+
+    split_history = monitoring.read_metrics(tmp_path / "split" / "metrics.jsonl")
+    strip = lambda h: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in h]  # timings differ
+    assert strip(split_history) == strip(whole.history)
+    assert [r["step"] for r in monitoring.of_kind(whole.history, "train")] == list(range(6))
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(micro_config(tmp_path / "empty"), resume=True)
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    from qwen_minimal.data import load_tokenizer
+    torch.manual_seed(0)
+    model = QwenLM(ModelConfig.preset("cpu-tiny", **MICRO_MODEL))  # tied embeddings: stored once
+    tokenizer = load_tokenizer()
+    checkpoint.save_checkpoint(tmp_path, model, step=7, train_config={"note": "test"}, tokenizer=tokenizer)
+    loaded = checkpoint.load_model(tmp_path)
+    assert loaded.lm_head.weight is loaded.embed.weight
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    assert torch.equal(model.eval()(ids).logits, loaded(ids).logits)
+    assert checkpoint.read_config(tmp_path / "checkpoint")["step"] == 7
+    text = "The tower is 324 metres tall."
+    assert checkpoint.load_tokenizer(tmp_path).encode(text) == tokenizer.encode(text)
+
+
+def test_kl_to_uniform():
+    counts = torch.tensor([[5, 5, 5, 5], [20, 0, 0, 0], [2, 6, 0, 0]])
+    p = torch.tensor([0.25, 0.75])
+    expected = torch.tensor([0.0, torch.log(torch.tensor(4.0)), (p * (p * 4).log()).sum()], dtype=torch.float64)
+    torch.testing.assert_close(monitoring.kl_to_uniform(counts), expected)
+
+
+def test_unknown_preset_or_field_fails_with_the_valid_names(capsys):
+    for argv, expected in ((["--preset", "huge"], "cpu-tiny"), (["--max_stepz", "3"], "--max_steps"),
+                           (["--model.hidden", "3"], "--model.hidden_size"), (["--max_steps", "many"], "valid int")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err
+    with pytest.raises(ValueError, match="known fields"):
+        TrainConfig.preset("cpu-tiny", learning_rate=1.0)
+    with pytest.raises(ValueError, match="known fields"):
+        TrainConfig.preset("cpu-tiny", model=dict(width=3))
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "qwen_minimal.train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ), **kwargs)
+
+
+def test_cli_trains_stops_on_ctrl_c_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--preset", "cpu-tiny", "--out_dir", str(out), "--progress", "false", *MICRO_CLI]
+    proc = run_cli([*common, "--max_steps", "1000", "--batch_size", "4", "--block_size", "16", "--log_interval", "1",
+                    "--eval_interval", "500", "--eval_batches", "1", "--monitor_interval", "2"])
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while not (metrics.exists() and '"train"' in metrics.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+    step = checkpoint.read_config(out)["step"]
+    assert 0 < step < 1000
+
+    # Resume (in this process, to save a start-up): the run's saved settings, only told to stop 2 steps later.
+    main(["--preset", "cpu-tiny", "--out_dir", str(out), "--resume", "--stop_at", str(step + 2)])
+    assert f"Resuming {out} at step {step}" in capsys.readouterr().out
+    saved = checkpoint.read_config(out)
+    assert saved["step"] == step + 2 and saved["train"]["max_steps"] == 1000 and saved["model"]["hidden_size"] == 32
+    records = monitoring.read_metrics(metrics)
+    assert [r["step"] for r in monitoring.of_kind(records, "train")] == list(range(step + 2))
+    assert {p.name for p in (out / "analytics").iterdir()} == {f"{name}.png" for name in monitoring.PLOTS}
+    assert all(p.stat().st_size > 10_000 for p in (out / "analytics").iterdir())
+    assert {p.name for p in (out / "checkpoint").iterdir()} == {"config.json", "model.safetensors", "tokenizer",
+                                                                "train_state.pt"}
+    json.loads((out / "checkpoint" / "config.json").read_text())
