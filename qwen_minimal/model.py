@@ -2,13 +2,13 @@
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
 from .config import ModelConfig
 from .feed_forward import SwiGLU
 from .kv_cache import KVCache
+from .loss import cross_entropy
 from .moe import MoE, Routing, load_balancing_loss
 from .rmsnorm import RMSNorm
 from .rope import RotaryEmbedding
@@ -89,7 +89,7 @@ class QwenLM(nn.Module):
         aux_loss = load_balancing_loss([r.router_logits for r in routing], self.config.top_k) if routing else None
         out = ModelOutput(logits, aux_loss, routing=routing or None)
         if targets is not None:
-            out.lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            out.lm_loss = cross_entropy(x, self.lm_head.weight, logits, targets)
             out.loss = out.lm_loss if aux_loss is None else out.lm_loss + self.config.router_aux_loss_coef * aux_loss
         return out
 

@@ -63,6 +63,18 @@ def load_balancing_loss(router_logits: torch.Tensor | list[torch.Tensor], top_k:
     return num_experts * (fraction_routed * probs.mean(dim=0)).sum()
 
 
+def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Rows [S, in] sorted by expert, expert e owning rows ends[e-1]:ends[e], each times weight[e]^T
+    ([E, out, in]): the per-expert F.linear of Experts.expert in one call."""
+    return F.grouped_mm(rows, weight.transpose(1, 2), offs=ends)
+
+
+def can_group(x: torch.Tensor) -> bool:
+    """F.grouped_mm (PyTorch >= 2.10) runs on CPU in any dtype; on GPUs it needs bf16 and a recent card,
+    and torch.compile traces it for bf16 only. Elsewhere the experts run one after the other."""
+    return x.device.type == "cpu" and hasattr(F, "grouped_mm") and not torch.compiler.is_compiling()
+
+
 class Experts(nn.Module):
     """E SwiGLU networks stored as stacked weights, [E, out, in] like nn.Linear's."""
 
@@ -81,20 +93,30 @@ class Experts(nn.Module):
         """sum_j weight_j * expert_{index_j}(x) for each row of x ([N, H]).
 
         Assignments are sorted by expert so that each expert runs once on a contiguous block of its
-        tokens: a loop over experts, never over tokens.
+        tokens: one grouped matrix multiply per projection where PyTorch has one, else a loop over
+        experts, never a loop over tokens.
         """
-        k = expert_indices.shape[1]
+        N, k = expert_indices.shape
         expert = expert_indices.reshape(-1)  # assignment a = token * k + slot
         order = expert.argsort(stable=True)  # assignments grouped by expert, in token order within each
         if kept is not None:
             order = order[kept.reshape(-1)[order]]
         token, weight = order // k, expert_weights.reshape(-1)[order]
-        counts = torch.bincount(expert[order], minlength=self.gate_proj.shape[0]).tolist()
-        blocks = x[token].split(counts)
-        # Experts without tokens are skipped: while decoding one token only top_k of them run.
-        out = torch.cat([self.expert(e, block) for e, block in enumerate(blocks) if counts[e]])
+        tokens_per_expert = torch.bincount(expert[order], minlength=self.gate_proj.shape[0])
+        rows = x[token]
+        if can_group(rows):  # every expert on its block of rows in one call per projection
+            ends = tokens_per_expert.cumsum(0, dtype=torch.int32)
+            out = grouped_linear(F.silu(grouped_linear(rows, self.gate_proj, ends)) *
+                                 grouped_linear(rows, self.up_proj, ends), self.down_proj, ends)
+        else:
+            counts = tokens_per_expert.tolist()
+            # Experts without tokens are skipped: while decoding one token only top_k of them run.
+            out = torch.cat([self.expert(e, block) for e, block in enumerate(rows.split(counts)) if counts[e]])
+        # Back to assignment order (dropped assignments stay zero), then each token sums its k outputs.
         # Under autocast the experts return bf16 while x may be fp32: accumulate in x's dtype.
-        return torch.zeros_like(x).index_add_(0, token, (out * weight[:, None]).to(x.dtype))
+        # (A reshape and sum rather than index_add_, which is slow on CPU with several threads.)
+        out = x.new_zeros(N * k, x.shape[1]).index_copy_(0, order, (out * weight[:, None]).to(x.dtype))
+        return out.view(N, k, -1).sum(dim=1)
 
 
 class MoE(nn.Module):

@@ -232,3 +232,21 @@ def test_presets_and_unknown_fields():
         ModelConfig.preset("gpt5")
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"hidden": 3})
+
+
+def test_loss_and_gradients_equal_plain_cross_entropy():
+    """Whatever the model does to compute its loss faster, loss and gradients are those of F.cross_entropy."""
+    m = model(tie_embeddings=False)
+    m.train()
+    x, targets = torch.randint(0, 101, (3, 17)), torch.randint(0, 101, (3, 17))
+    targets[0, :4] = -100  # ignored positions
+    out = m(x, targets=targets)
+    out.loss.backward()
+    fast = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    logits = m(x).logits
+    lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(out.lm_loss, lm_loss)
+    (lm_loss + m.config.router_aux_loss_coef * m(x).aux_loss).backward()
+    for name, p in m.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)

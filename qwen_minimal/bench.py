@@ -1,0 +1,386 @@
+"""Latency and throughput benchmark: `python -m qwen_minimal.bench` (see --help).
+
+On one pair of models with the SAME random weights, a transformers Qwen3MoeForCausalLM and the
+qwen_minimal model converted from it, the benchmark measures
+  1. greedy decoding: the time of every generated token with and without the KV cache, tokens/s of
+     qwen_minimal's `generate` and of transformers' `generate`, and whether their tokens agree;
+  2. training: the time of one step (forward, backward, AdamW) of each model on the same batch;
+  3. peak memory of each phase.
+It writes bench.json and per_token_times.png into --out_dir. Runs alternate between the two models
+so that both see the same machine load, and every figure is a median over repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .interop import from_transformers
+from .kv_cache import KVCache
+from .train import resolve_device
+
+# Benchmark shapes. bench-small is the shape of the speed targets: hidden 128, 4 layers, 8 experts
+# top-2, GPT-2 vocabulary; 4 query heads in 2 KV groups of head_dim 32; experts 256 wide.
+SHAPES = {
+    "bench-small": dict(vocab_size=50257, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                        max_seq_len=512, intermediate_size=512, num_experts=8, top_k=2,
+                        expert_intermediate_size=256),
+    # Seconds on a CPU: for tests and the notebook's quick run.
+    "tiny": dict(vocab_size=512, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                 max_seq_len=128, intermediate_size=64, num_experts=4, top_k=2, expert_intermediate_size=32),
+}
+
+# What the targets mean in numbers (checked and reported, never asserted).
+FLAT_MAX_GROWTH = 1.3   # with the cache: last-quarter latency / first-quarter latency at most this
+GROWING_MIN_GROWTH = 1.5  # without it: at least this
+
+
+def hf_config_from(config: ModelConfig):
+    """The transformers config of the same architecture: Qwen3MoeConfig (or Qwen3Config if dense)."""
+    from transformers import Qwen3Config, Qwen3MoeConfig
+
+    if config.capacity_factor is not None:
+        raise ValueError("transformers' Qwen3-MoE is dropless: set capacity_factor=None to compare with it")
+    common = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                  intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+                  num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+                  head_dim=config.head_dim, max_position_embeddings=config.max_seq_len,
+                  rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+                  rms_norm_eps=config.rms_norm_eps, attention_bias=config.attention_bias,
+                  tie_word_embeddings=config.tie_embeddings, initializer_range=config.init_std)
+    if not config.use_moe:
+        return Qwen3Config(**common)
+    return Qwen3MoeConfig(**common, num_experts=config.num_experts, num_experts_per_tok=config.top_k,
+                          moe_intermediate_size=config.expert_intermediate_size,
+                          norm_topk_prob=config.norm_topk_prob, router_aux_loss_coef=config.router_aux_loss_coef,
+                          decoder_sparse_step=1, mlp_only_layers=[])
+
+
+def same_weights_pair(config: ModelConfig, seed: int = 0, device="cpu", dtype=torch.float32):
+    """(qwen_minimal model, transformers model) holding identical random weights, in eval mode."""
+    from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    hf_class = Qwen3MoeForCausalLM if config.use_moe else Qwen3ForCausalLM
+    hf = hf_class(hf_config_from(config)).to(device=device, dtype=dtype).eval()
+    # A copy: from_transformers may share tensors with hf, and each model gets its own optimizer.
+    ours = from_transformers(copy.deepcopy(hf)).to(device).eval()
+    return ours, hf
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the allocator's peak since the last reset. Otherwise: the process's resident-set high-water
+    mark (ru_maxrss), which never resets, so it covers everything the process held up to now."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+def memory_method(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated, reset before each phase"
+    return ("process RSS high-water mark (resource.getrusage ru_maxrss) after each phase; it never resets, "
+            "so each figure includes both models and every earlier phase")
+
+
+def timed_generate(lm_head, generate, device) -> tuple[torch.Tensor, list[float]]:
+    """Run generate() and return its tokens and the elapsed time (s) at each new token's logits.
+
+    A forward hook on the output projection, which every decoding step calls exactly once, stamps
+    the time; step i's latency is stamp[i] - stamp[i - 1] (sampling included), and stamp[0] is the
+    time to the first token (the prompt's prefill).
+    """
+    stamps = []
+
+    def stamp(module, inputs, output):
+        synchronize(device)
+        stamps.append(time.perf_counter())
+
+    handle = lm_head.register_forward_hook(stamp)
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        tokens = generate()
+    finally:
+        handle.remove()
+    return tokens, [s - start for s in stamps]
+
+
+def latency_summary(runs: list[list[float]], new_tokens: int) -> dict:
+    """Medians over repeated runs of: tokens/s, time to first token, and every later token's latency."""
+    steps = [[b - a for a, b in zip(r, r[1:])] for r in runs]   # per-token latency of tokens 2..N
+    per_position = [statistics.median(s[i] for s in steps) for i in range(len(steps[0]))]
+    quarter = max(1, len(per_position) // 4)
+    first, last = statistics.median(per_position[:quarter]), statistics.median(per_position[-quarter:])
+    return {
+        "tokens_per_s": statistics.median(new_tokens / r[-1] for r in runs),
+        "tokens_per_s_runs": [new_tokens / r[-1] for r in runs],
+        "time_to_first_token_ms": 1e3 * statistics.median(r[0] for r in runs),
+        "median_token_latency_ms": 1e3 * statistics.median(per_position),
+        "first_quarter_latency_ms": 1e3 * first,
+        "last_quarter_latency_ms": 1e3 * last,
+        "latency_growth": last / first,
+        "per_token_latency_ms": [1e3 * t for t in per_position],
+    }
+
+
+def bench_decode(ours, hf, args, device) -> dict:
+    """Greedy decoding of args.new_tokens tokens after a random prompt: qwen_minimal with and without
+    the KV cache, and transformers' generate (its defaults: sdpa attention, dynamic cache)."""
+    g = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, ours.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
+    n = args.new_tokens
+    variants = {
+        "ours_cache": (ours.lm_head, lambda k: ours.generate(prompt, k, temperature=0, use_cache=True)),
+        "ours_no_cache": (ours.lm_head, lambda k: ours.generate(prompt, k, temperature=0, use_cache=False)),
+        "transformers": (hf.lm_head, lambda k: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                                           max_new_tokens=k, do_sample=False, use_cache=True)),
+    }
+    warmup = n if args.compile else min(n, 8)  # a compiled model compiles its shapes on the first full run
+    with torch.no_grad():
+        for _, generate in variants.values():
+            generate(warmup)
+        runs, tokens, memory = {name: [] for name in variants}, {}, {}
+        for _ in range(args.repeats):  # alternate the variants so that all see the same machine load
+            for name, (lm_head, generate) in variants.items():
+                reset_peak_memory(device)
+                tokens[name], stamps = timed_generate(lm_head, lambda: generate(n), device)
+                memory[name] = peak_memory_bytes(device)
+                if len(stamps) != n:
+                    raise RuntimeError(f"{name} produced {len(stamps)} tokens instead of {n}")
+                runs[name].append(stamps)
+    result = {name: latency_summary(r, n) for name, r in runs.items()}
+    for name in variants:
+        result[name]["peak_memory_bytes"] = memory[name]
+    same = (tokens["ours_cache"] == tokens["transformers"])[0, args.prompt_len:].tolist() + [False]
+    result.update(
+        prompt_len=args.prompt_len, new_tokens=n,
+        tokens_match=bool(torch.equal(tokens["ours_cache"], tokens["transformers"])),
+        cache_matches_no_cache=bool(torch.equal(tokens["ours_cache"], tokens["ours_no_cache"])),
+        matching_prefix=same.index(False),
+        kv_cache_bytes=KVCache.for_model(ours, 1, args.prompt_len + n).nbytes(),
+        speedup_vs_transformers=result["ours_cache"]["tokens_per_s"] / result["transformers"]["tokens_per_s"],
+        cache_speedup=result["ours_cache"]["tokens_per_s"] / result["ours_no_cache"]["tokens_per_s"],
+    )
+    return result
+
+
+def bench_train(config: ModelConfig, args, device, dtype) -> dict:
+    """One optimizer step (forward, backward, AdamW) of each model on the same batch, same weights.
+
+    transformers gets labels (it shifts them itself) and output_router_logits=True, so that its loss also
+    includes router_aux_loss_coef * the load-balancing loss, as qwen_minimal's does; qwen_minimal gets the
+    shifted targets with the last position ignored, so that both losses cover the same positions.
+    """
+    ours, hf = same_weights_pair(config, args.seed, device, dtype)
+    ours.train(), hf.train()
+    if args.compile:
+        ours.hidden_states = torch.compile(ours.hidden_states)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    x = torch.randint(0, config.vocab_size, (args.train_batch, args.train_seq), generator=g).to(device)
+    targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
+
+    def optimizer_step(model, loss_of):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            loss = loss_of(model)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+        return step
+
+    steps = {"ours": optimizer_step(ours, lambda m: m(x, targets=targets).loss),
+             "transformers": optimizer_step(hf, lambda m: m(input_ids=x, labels=x, output_router_logits=True).loss)}
+    first_loss = {name: step().item() for name, step in steps.items()}  # same weights: same loss
+    for _ in range(args.warmup - 1):
+        for step in steps.values():
+            step()
+    times, memory = {name: [] for name in steps}, {}
+    for _ in range(args.train_steps):
+        for name, step in steps.items():
+            reset_peak_memory(device)
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+            memory[name] = peak_memory_bytes(device)
+    result = {name: {"step_s": statistics.median(t), "step_s_runs": t, "tokens_per_s": x.numel() / statistics.median(t),
+                     "first_loss": first_loss[name], "peak_memory_bytes": memory[name]}
+              for name, t in times.items()}
+    result.update(batch_size=args.train_batch, seq_len=args.train_seq, steps=args.train_steps, warmup=args.warmup,
+                  first_loss_diff=abs(first_loss["ours"] - first_loss["transformers"]),
+                  speedup_vs_transformers=result["transformers"]["step_s"] / result["ours"]["step_s"])
+    return result
+
+
+def plot_latency(decode: dict, title: str):
+    """Per-token latency against position for the three decoding variants; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    start = decode["prompt_len"] + 1  # position of the second generated token, the first decode step
+    styles = {"ours_no_cache": ("qwen_minimal, no KV cache", "-", "tab:red"),
+              "ours_cache": ("qwen_minimal, KV cache", "-", "tab:blue"),
+              "transformers": ("transformers generate, KV cache", "--", "tab:gray")}
+    for name, (label, style, color) in styles.items():
+        latency = decode[name]["per_token_latency_ms"]
+        ax.plot(range(start, start + len(latency)), latency, style, color=color, label=label, linewidth=1.2)
+    ax.set_xlabel("sequence position of the generated token (tokens)")
+    ax.set_ylabel("latency per token (ms)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def targets(decode: dict | None, train: dict | None) -> dict:
+    """The issue's speed targets, each True/False with the measured figure beside it."""
+    out = {}
+    if decode is not None:
+        out["decode_cache_at_least_2x_transformers"] = decode["speedup_vs_transformers"] >= 2
+        out["cache_latency_flat"] = decode["ours_cache"]["latency_growth"] <= FLAT_MAX_GROWTH
+        out["no_cache_latency_grows"] = decode["ours_no_cache"]["latency_growth"] >= GROWING_MIN_GROWTH
+    if train is not None:
+        out["train_step_at_least_1.2x_transformers"] = train["speedup_vs_transformers"] >= 1.2
+    return out
+
+
+def print_summary(result: dict) -> None:
+    d, t = result.get("decode"), result.get("train")
+    print(f"device {result['device']} ({result['threads']} threads), {result['dtype']}, shape {result['shape']}, "
+          f"compile={result['compile']}, load average {result['load_average_start']} -> {result['load_average_end']}")
+    if d:
+        print(f"decode: prompt {d['prompt_len']}, {d['new_tokens']} new tokens, median of {result['repeats']} runs")
+        for name in ("ours_cache", "ours_no_cache", "transformers"):
+            r = d[name]
+            print(f"  {name:14s} {r['tokens_per_s']:8.1f} tok/s   median token {r['median_token_latency_ms']:7.2f} ms"
+                  f"   first/last quarter {r['first_quarter_latency_ms']:7.2f} / {r['last_quarter_latency_ms']:7.2f} ms"
+                  f"   peak memory {r['peak_memory_bytes'] / 2**20:7.1f} MiB")
+        print(f"  qwen_minimal / transformers: {d['speedup_vs_transformers']:.2f}x;  cache / no cache: "
+              f"{d['cache_speedup']:.2f}x;  greedy tokens identical: {d['tokens_match']} "
+              f"(first {d['matching_prefix']} of {d['new_tokens']} agree)")
+    if t:
+        print(f"train step: batch {t['batch_size']} x {t['seq_len']}, median of {t['steps']} steps after "
+              f"{t['warmup']} warm-up")
+        ours, theirs = t["ours"], t["transformers"]
+        print(f"  ours {1e3 * ours['step_s']:.0f} ms, transformers {1e3 * theirs['step_s']:.0f} ms: "
+              f"{t['speedup_vs_transformers']:.2f}x; first losses differ by {t['first_loss_diff']:.2e}; peak memory "
+              f"{ours['peak_memory_bytes'] / 2**20:.1f} / {theirs['peak_memory_bytes'] / 2**20:.1f} MiB")
+    print(f"peak memory: {result['memory_method']}")
+    for name, ok in result["targets"].items():
+        print(f"  target {name}: {'met' if ok else 'MISSED'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m qwen_minimal.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="bench-small", choices=sorted(SHAPES), help="model shape (default: %(default)s)")
+    p.add_argument("--prompt_len", type=int, default=16, help="prompt tokens (default: %(default)s)")
+    p.add_argument("--new_tokens", type=int, default=256, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed decoding runs of each variant (default: %(default)s)")
+    p.add_argument("--train_batch", type=int, default=8, help="training batch size (default: %(default)s)")
+    p.add_argument("--train_seq", type=int, default=128, help="training sequence length (default: %(default)s)")
+    p.add_argument("--train_steps", type=int, default=5, help="timed training steps (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps first (default: %(default)s)")
+    p.add_argument("--skip_train", action="store_true", help="only benchmark decoding")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights and activations of both models (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile qwen_minimal's decoder (QwenLM.hidden_states, used by forward and generate)")
+    p.add_argument("--seed", type=int, default=0, help="weights, prompt and batch (default: %(default)s)")
+    p.add_argument("--out_dir", default="analytics", help="where bench.json and per_token_times.png go "
+                                                         "(default: %(default)s)")
+    return p
+
+
+def check_args(args) -> None:
+    for name in ("prompt_len", "new_tokens", "repeats", "train_batch", "train_steps", "warmup"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.train_seq < 2:
+        raise ValueError(f"--train_seq must be at least 2, got {args.train_seq}")
+    if args.new_tokens < 2:
+        raise ValueError("--new_tokens must be at least 2: per-token latencies are gaps between tokens")
+    max_len = SHAPES[args.shape]["max_seq_len"]
+    if args.prompt_len + args.new_tokens > max_len or args.train_seq > max_len:
+        raise ValueError(f"shape {args.shape} has max_seq_len={max_len}: prompt_len + new_tokens and train_seq "
+                         f"must fit in it")
+
+
+def run(args) -> dict:
+    """Run the benchmark described by parsed arguments; write bench.json and per_token_times.png."""
+    import matplotlib.pyplot as plt
+    import transformers
+
+    check_args(args)
+    transformers.logging.set_verbosity_error()  # generate's notes about unset pad tokens and the like
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
+    config = ModelConfig(**SHAPES[args.shape])
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = dict(shape=args.shape, config=config.to_dict(), device=str(device), dtype=args.dtype,
+                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                  threads=torch.get_num_threads(), compile=args.compile, repeats=args.repeats,
+                  torch_version=torch.__version__, transformers_version=transformers.__version__,
+                  load_average_start=[round(x, 2) for x in os.getloadavg()], memory_method=memory_method(device))
+
+    ours, hf = same_weights_pair(config, args.seed, device, dtype)
+    if args.compile:
+        ours.hidden_states = torch.compile(ours.hidden_states)
+    decode = bench_decode(ours, hf, args, device)
+    del ours, hf
+    train = None if args.skip_train else bench_train(config, args, device, dtype)
+    result.update(decode=decode, train=train, targets=targets(decode, train),
+                  load_average_end=[round(x, 2) for x in os.getloadavg()])
+
+    title = (f"Per-token latency of greedy decoding\n{args.shape}, {device.type}, {args.dtype}, "
+             f"{result['threads']} threads, median of {args.repeats} runs")
+    fig = plot_latency(decode, title)
+    fig.savefig(out_dir / "per_token_times.png", dpi=120)
+    plt.close(fig)
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print_summary(result)
+    print(f"wrote {Path(args.out_dir) / 'bench.json'} and {Path(args.out_dir) / 'per_token_times.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
