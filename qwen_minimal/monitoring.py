@@ -134,37 +134,36 @@ def plot_lr(records: list[dict]):
     return fig
 
 
-def plot_grad_norms(records: list[dict]):
-    """Per-layer gradient norms of the attention and the feed-forward halves of each block."""
+def _per_layer_panels(records: list[dict], panels: list[tuple[str, str, str]], legend: str, **axes_settings):
+    """One panel per (record key, title, y label), one line per layer, from the monitor records."""
     mon = of_kind(records, "monitor")
     steps = [r["step"] for r in mon]
-    num_layers = len(mon[0]["grad_norm_attn"]) if mon else 0
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, name in zip(axes, ("grad_norm_attn", "grad_norm_ffn"), ("attention", "feed-forward (MoE)")):
+    num_layers = len(mon[0][panels[0][0]]) if mon else 0
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4), sharey=axes_settings.pop("sharey", False))
+    for ax, (key, title, ylabel) in zip(axes, panels):
         for layer, color in enumerate(_layer_colors(num_layers)):
-            ax.plot(steps, [r[key][layer] for r in mon], color=color, label=f"layer {layer}")
-        ax.set(title=f"Gradient norm, {name}", xlabel="optimizer step", ylabel="L2 norm (before clipping)",
-               yscale="log")
+            ax.plot(steps, [r[key][layer] for r in mon], color=color, label=f"{legend} {layer}")
+        ax.set(title=title, xlabel="optimizer step", ylabel=ylabel, **axes_settings)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_grad_norms(records: list[dict]):
+    """Per-layer gradient norms of the attention and the feed-forward halves of each block."""
+    return _per_layer_panels(records, [("grad_norm_attn", "Gradient norm, attention", "L2 norm (before clipping)"),
+                                       ("grad_norm_ffn", "Gradient norm, feed-forward (MoE)",
+                                        "L2 norm (before clipping)")],
+                             legend="layer", yscale="log", sharey=True)
 
 
 def plot_activations(records: list[dict]):
     """Mean and standard deviation of every block's output (the residual stream)."""
-    mon = of_kind(records, "monitor")
-    steps = [r["step"] for r in mon]
-    num_layers = len(mon[0]["act_std"]) if mon else 0
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, name in zip(axes, ("act_mean", "act_std"), ("mean", "standard deviation")):
-        for layer, color in enumerate(_layer_colors(num_layers)):
-            ax.plot(steps, [r[key][layer] for r in mon], color=color, label=f"block {layer}")
-        ax.set(title=f"Block output {name}", xlabel="optimizer step", ylabel=f"{name} (activation units)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _per_layer_panels(records, [("act_mean", "Block output mean", "mean (activation units)"),
+                                       ("act_std", "Block output standard deviation",
+                                        "standard deviation (activation units)")],
+                             legend="block")
 
 
 def plot_expert_load(records: list[dict]):
