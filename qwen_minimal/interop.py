@@ -131,7 +131,8 @@ def from_transformers(hf_model) -> QwenLM:
     """The qwen_minimal model with the same weights as a transformers Qwen3ForCausalLM or
     Qwen3MoeForCausalLM, in its dtype, on the CPU (move it with .to())."""
     config = config_from_transformers(hf_model.config)
-    state = {k: v.detach().cpu() for k, v in hf_model.state_dict().items()}
+    # Copies, not views: training one model must not change the other.
+    state = {k: v.detach().to("cpu", copy=True) for k, v in hf_model.state_dict().items()}
     return _build(config, convert_state_dict(state, config), next(hf_model.parameters()).dtype)
 
 

@@ -140,3 +140,11 @@ def test_load_pretrained_folder_roundtrip(tmp_path):
         torch.testing.assert_close(ours(x).logits, hf(x).logits, atol=1e-5, rtol=0)
     with pytest.raises(FileNotFoundError, match="config.json"):
         qwen_minimal.load_pretrained(tmp_path / "nowhere")
+
+
+def test_from_transformers_copies_the_weights():
+    hf = hf_dense()
+    ours = qwen_minimal.from_transformers(hf)
+    with torch.no_grad():
+        ours.embed.weight.zero_()
+    assert hf.model.embed_tokens.weight.abs().sum() > 0
