@@ -38,6 +38,8 @@ def capacity_mask(expert_indices: torch.Tensor, num_experts: int, capacity: int)
     Order of service (GShard / Switch): every token's first choice before any token's second choice,
     and within one choice rank, earlier tokens (in flattened batch order) first. The overflow is dropped:
     that token skips the expert and keeps only its residual stream for that slot.
+    Because later tokens compete for the same slots, routing with a capacity is not causal: a token can be
+    dropped because of tokens after it. Dropless routing (capacity_factor=None) has no such effect.
     """
     N, k = expert_indices.shape
     in_service_order = expert_indices.t().reshape(-1)                   # rank-major: [k * N]
