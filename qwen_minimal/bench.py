@@ -113,12 +113,12 @@ def memory_method(device: torch.device) -> str:
             "figure also covers every earlier phase")
 
 
-def timed_generate(lm_head, generate, device) -> tuple[torch.Tensor, list[float]]:
-    """Run generate() and return its tokens and the elapsed time (s) at each new token's logits.
+def timed_generate(final_norm, generate, device) -> tuple[torch.Tensor, list[float]]:
+    """Run generate() and return its tokens and the elapsed time (s) at each decoding step.
 
-    A forward hook on the output projection, which every decoding step calls exactly once, stamps
-    the time; step i's latency is stamp[i] - stamp[i - 1] (sampling included), and stamp[0] is the
-    time to the first token (the prompt's prefill).
+    A forward hook on the decoder's final norm, which every decoding step calls exactly once, just
+    before the output projection, stamps the time; step i's latency is stamp[i] - stamp[i - 1] (the
+    output projection and sampling included), and stamp[0] is the prompt's prefill.
     """
     stamps = []
 
@@ -126,7 +126,7 @@ def timed_generate(lm_head, generate, device) -> tuple[torch.Tensor, list[float]
         synchronize(device)
         stamps.append(time.perf_counter())
 
-    handle = lm_head.register_forward_hook(stamp)
+    handle = final_norm.register_forward_hook(stamp)
     try:
         synchronize(device)
         start = time.perf_counter()
@@ -165,9 +165,9 @@ def bench_decode(ours, hf, args, device) -> dict:
     prompt = torch.randint(0, ours.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
     n = args.new_tokens
     variants = {
-        "ours_cache": (ours.lm_head, lambda k: ours.generate(prompt, k, temperature=0, use_cache=True)),
-        "ours_no_cache": (ours.lm_head, lambda k: ours.generate(prompt, k, temperature=0, use_cache=False)),
-        "transformers": (hf.lm_head, lambda k: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
+        "ours_cache": (ours.norm, lambda k: ours.generate(prompt, k, temperature=0, use_cache=True)),
+        "ours_no_cache": (ours.norm, lambda k: ours.generate(prompt, k, temperature=0, use_cache=False)),
+        "transformers": (hf.model.norm, lambda k: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
                                                            max_new_tokens=k, do_sample=False, use_cache=True)),
     }
     warmup = n if args.compile else min(n, 8)  # a compiled model compiles its shapes on the first full run
@@ -176,9 +176,9 @@ def bench_decode(ours, hf, args, device) -> dict:
             generate(warmup)
         runs, tokens, memory = {name: [] for name in variants}, {}, {}
         for _ in range(args.repeats):  # alternate the variants so that all see the same machine load
-            for name, (lm_head, generate) in variants.items():
+            for name, (final_norm, generate) in variants.items():
                 reset_peak_memory(device)
-                tokens[name], stamps = timed_generate(lm_head, lambda: generate(n), device)
+                tokens[name], stamps = timed_generate(final_norm, lambda: generate(n), device)
                 memory[name] = peak_memory_bytes(device)
                 if len(stamps) != n:
                     raise RuntimeError(f"{name} produced {len(stamps)} tokens instead of {n}")

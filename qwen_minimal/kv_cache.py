@@ -38,10 +38,10 @@ class KVCache:
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys/values ([B, H_kv, T, D]) at the current position; return all so far."""
-        end = self.length + k_new.shape[2]
-        self.k[layer, :, :, self.length:end] = k_new
-        self.v[layer, :, :, self.length:end] = v_new
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k, v, new = self.k[layer], self.v[layer], k_new.shape[2]
+        k.narrow(2, self.length, new).copy_(k_new)  # narrow(dim, start, length): positions length .. end - 1
+        v.narrow(2, self.length, new).copy_(v_new)
+        return k.narrow(2, 0, self.length + new), v.narrow(2, 0, self.length + new)
 
     def advance(self, new_tokens: int) -> None:
         """Called once per forward pass, after every layer has written its keys and values."""

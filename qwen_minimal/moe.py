@@ -78,13 +78,15 @@ def can_group(x: torch.Tensor) -> bool:
 
 
 class Experts(nn.Module):
-    """E SwiGLU networks stored as stacked weights, [E, out, in] like nn.Linear's."""
+    """E SwiGLU networks stored as stacked weights, [E, out, in] like nn.Linear's, drawn from Normal(0, init_std)."""
 
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, init_std: float = 0.02):
         super().__init__()
-        self.gate_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
-        self.up_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
-        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        def normal(*shape):
+            return nn.Parameter(torch.randn(*shape) * init_std)
+        self.gate_proj = normal(num_experts, intermediate_size, hidden_size)
+        self.up_proj = normal(num_experts, intermediate_size, hidden_size)
+        self.down_proj = normal(num_experts, hidden_size, intermediate_size)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e applied to the rows of x."""
@@ -99,6 +101,10 @@ class Experts(nn.Module):
         experts, never a loop over tokens.
         """
         N, k = expert_indices.shape
+        if N == 1:  # decoding one token: run its k experts directly, nothing to sort or gather
+            # (a capacity never drops anything here: each expert receives at most one assignment)
+            y = sum(w * self.expert(e, x) for e, w in zip(expert_indices[0].tolist(), expert_weights[0]))
+            return y.to(x.dtype)
         expert = expert_indices.reshape(-1)  # assignment a = token * k + slot
         order = expert.argsort(stable=True)  # assignments grouped by expert, in token order within each
         if kept is not None:
@@ -129,7 +135,8 @@ class MoE(nn.Module):
         self.top_k, self.norm_topk_prob = config.top_k, config.norm_topk_prob
         self.num_experts, self.capacity_factor = config.num_experts, config.capacity_factor
         self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        self.experts = Experts(config.num_experts, config.hidden_size, config.expert_intermediate_size)
+        self.experts = Experts(config.num_experts, config.hidden_size, config.expert_intermediate_size,
+                               config.init_std)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         shape = x.shape
