@@ -26,7 +26,7 @@ import torch
 from .config import ModelConfig
 from .interop import from_transformers
 from .kv_cache import KVCache
-from .train import resolve_device
+from .train import TrainConfig, make_optimizer, resolve_device
 
 # Benchmark shapes. bench-small is the shape of the speed targets: hidden 128, 4 layers, 8 experts
 # top-2, GPT-2 vocabulary; 4 query heads in 2 KV groups of head_dim 32; experts 256 wide.
@@ -200,7 +200,8 @@ def bench_decode(ours, hf, args, device) -> dict:
 
 
 def bench_train(config: ModelConfig, args, device, dtype) -> dict:
-    """One optimizer step (forward, backward, AdamW) of each model on the same batch, same weights.
+    """One optimizer step (forward, backward, AdamW) of each model on the same batch, same weights, with
+    the optimizer of `python -m qwen_minimal.train` (fused AdamW on CPU and CUDA) for both.
 
     transformers gets labels (it shifts them itself) and output_router_logits=True, so that its loss also
     includes router_aux_loss_coef * the load-balancing loss, as qwen_minimal's does; qwen_minimal gets the
@@ -215,7 +216,7 @@ def bench_train(config: ModelConfig, args, device, dtype) -> dict:
     targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
 
     def optimizer_step(model, loss_of):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = make_optimizer(model, TrainConfig(), device)  # the training script's AdamW, for both
 
         def step():
             loss = loss_of(model)
