@@ -122,6 +122,7 @@ def timed_generate(final_norm, generate, device) -> tuple[torch.Tensor, list[flo
     """
     stamps = []
 
+    @torch.compiler.disable  # under --compile: a clock read, not part of the traced model
     def stamp(module, inputs, output):
         synchronize(device)
         stamps.append(time.perf_counter())

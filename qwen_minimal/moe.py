@@ -9,13 +9,25 @@ from torch import nn
 from .config import ModelConfig
 
 
+def count_per_expert(expert_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """[E] int64: how often each expert occurs in expert_indices. torch.bincount with a fixed output size:
+    torch.bincount's size depends on the data, which torch.compile cannot put into one graph."""
+    flat = expert_indices.reshape(-1)
+    return flat.new_zeros(num_experts).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 class Routing(NamedTuple):
     """What the router decided for N tokens, kept for the loss and for monitoring."""
     router_logits: torch.Tensor      # [N, E] fp32, before softmax
     expert_indices: torch.Tensor     # [N, k] chosen experts, most probable first
     expert_weights: torch.Tensor     # [N, k] mixing weights of the chosen experts
     kept: torch.Tensor | None        # [N, k] bool, False where capacity dropped the assignment; None if dropless
-    tokens_per_expert: torch.Tensor  # [E] assignments each expert received (before capacity); sums to N * k
+
+    @property
+    def tokens_per_expert(self) -> torch.Tensor:
+        """[E] assignments each expert received (before capacity); sums to N * k. Counted when asked for,
+        so that decoding, which never asks, does not pay for it."""
+        return count_per_expert(self.expert_indices, self.router_logits.shape[-1])
 
 
 def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool = True):
@@ -61,7 +73,7 @@ def load_balancing_loss(router_logits: torch.Tensor | list[torch.Tensor], top_k:
     num_tokens, num_experts = router_logits.shape
     probs = torch.softmax(router_logits.float(), dim=-1)
     chosen = probs.topk(top_k, dim=-1).indices
-    fraction_routed = torch.bincount(chosen.flatten(), minlength=num_experts).float() / num_tokens
+    fraction_routed = count_per_expert(chosen, num_experts).float() / num_tokens
     return num_experts * (fraction_routed * probs.mean(dim=0)).sum()
 
 
@@ -71,10 +83,21 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor)
     return F.grouped_mm(rows, weight.transpose(1, 2), offs=ends)
 
 
-def can_group(x: torch.Tensor) -> bool:
-    """F.grouped_mm (PyTorch >= 2.10) runs on CPU in any dtype; on GPUs it needs bf16 and a recent card,
-    and torch.compile traces it for bf16 only. Elsewhere the experts run one after the other."""
-    return x.device.type == "cpu" and hasattr(F, "grouped_mm") and not torch.compiler.is_compiling()
+def grouped_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which the experts can run as one F.grouped_mm per projection (PyTorch >= 2.10), or None
+    where they cannot and run one after the other. On CPU it runs in any dtype, but torch.compile does not
+    trace it there. On CUDA it needs bf16 (autocast's dtype, if autocast is on) and an Ampere or newer
+    card; torch.compile traces it. grouped_mm does not autocast by itself: the caller casts to this dtype."""
+    if not hasattr(F, "grouped_mm"):
+        return None
+    if x.device.type == "cpu":
+        return None if torch.compiler.is_compiling() else x.dtype
+    if x.device.type == "cuda":
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        # (get_device_properties rather than get_device_capability: torch.compile folds it into a constant)
+        if dtype == torch.bfloat16 and torch.cuda.get_device_properties(x.device).major >= 8:
+            return dtype
+    return None
 
 
 class Experts(nn.Module):
@@ -110,12 +133,14 @@ class Experts(nn.Module):
         if kept is not None:
             order = order[kept.reshape(-1)[order]]
         token, weight = order // k, expert_weights.reshape(-1)[order]
-        tokens_per_expert = torch.bincount(expert[order], minlength=self.gate_proj.shape[0])
+        tokens_per_expert = count_per_expert(expert[order], self.gate_proj.shape[0])
         rows = x[token]
-        if can_group(rows):  # every expert on its block of rows in one call per projection
-            ends = tokens_per_expert.cumsum(0, dtype=torch.int32)
-            out = grouped_linear(F.silu(grouped_linear(rows, self.gate_proj, ends)) *
-                                 grouped_linear(rows, self.up_proj, ends), self.down_proj, ends)
+        dtype = grouped_dtype(rows)
+        if dtype is not None:  # every expert on its block of rows in one call per projection
+            ends = tokens_per_expert.cumsum(0, dtype=torch.int32)  # stays on the device: no sync, no graph break
+            gate, up, down = (w.to(dtype) for w in (self.gate_proj, self.up_proj, self.down_proj))
+            rows = rows.to(dtype)
+            out = grouped_linear(F.silu(grouped_linear(rows, gate, ends)) * grouped_linear(rows, up, ends), down, ends)
         else:
             counts = tokens_per_expert.tolist()
             # Experts without tokens are skipped: while decoding one token only top_k of them run.
@@ -150,5 +175,4 @@ class MoE(nn.Module):
             capacity = expert_capacity(x.shape[0], self.num_experts, self.top_k, self.capacity_factor)
             kept = capacity_mask(indices, self.num_experts, capacity)
         y = self.experts(x, indices, weights.to(x.dtype), kept)
-        tokens_per_expert = torch.bincount(indices.flatten(), minlength=self.num_experts)
-        return y.view(shape), Routing(router_logits, indices, weights, kept, tokens_per_expert)
+        return y.view(shape), Routing(router_logits, indices, weights, kept)

@@ -3,7 +3,8 @@ every expert, a metrics file (JSON lines), and the plots of it all.
 
 The metrics file holds one JSON object per line, each with a "kind":
   train    step, loss, lm_loss, aux_loss, lr, grad_norm, tokens_per_s (and mfu on a known GPU),
-           averaged over the steps since the previous train record
+           averaged over the steps since the previous train record; on CUDA also peak_memory_gib,
+           the most memory the run's tensors have held so far
   eval     step, val_loss, val_ppl
   monitor  step, grad_norm_attn[L], grad_norm_ffn[L], act_mean[L], act_std[L],
            tokens_per_expert[L][E] (summed since the previous monitor record), kl_uniform[L]

@@ -298,7 +298,8 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     print(f"Data: {corpus.source}")
     print(f"Model: {model.num_parameters():,} parameters, {model.num_parameters(active=True):,} active per token; "
           f"{flops / 1e6:.1f} MFLOP per token per training step")
-    print(f"Training on {device} ({config.dtype}{', compiled' if config.compile else ''}): steps {start} -> {end} "
+    where = f"{device} = {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
+    print(f"Training on {where} ({config.dtype}{', compiled' if config.compile else ''}): steps {start} -> {end} "
           f"of {config.max_steps}, {tokens_per_step:,} tokens per step; output in {out_dir}")
 
     def save():
@@ -370,6 +371,8 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
                     record["loss"] = lm + config.model.router_aux_loss_coef * record["aux_loss"]
                 if peak:
                     record["mfu"] = record["tokens_per_s"] * flops / peak
+                if device.type == "cuda":  # the allocator's high-water mark since the start of the run
+                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 metrics.log(record)
                 _log_train(record, bar)
                 window = {"steps": 0, "lm": 0.0, "aux": 0.0, "norm": 0.0}
@@ -406,6 +409,8 @@ def _log_train(r, bar):
     line += f" | lr {r['lr']:.2e} | grad norm {r['grad_norm']:.2f} | {r['tokens_per_s']:,.0f} tok/s"
     if "mfu" in r:
         line += f" | MFU {100 * r['mfu']:.1f}%"
+    if "peak_memory_gib" in r:
+        line += f" | peak memory {r['peak_memory_gib']:.1f} GiB"
     bar.write(line)
     bar.set_postfix(loss=f"{r['lm_loss']:.3f}", lr=f"{r['lr']:.1e}")
 

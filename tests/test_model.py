@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from qwen_minimal import KVCache, ModelConfig, QwenLM
 from qwen_minimal.attention import Attention
-from qwen_minimal.moe import MoE, capacity_mask, expert_capacity
+from qwen_minimal.moe import MoE, capacity_mask, count_per_expert, expert_capacity
 from qwen_minimal.rmsnorm import RMSNorm
 from qwen_minimal.rope import RotaryEmbedding, apply_rope
 
@@ -24,12 +24,16 @@ def model(**overrides) -> QwenLM:
     return QwenLM(tiny(**overrides)).eval()
 
 
-def test_rmsnorm_equals_torch_rms_norm():
-    norm = RMSNorm(32, eps=1e-6)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_equals_transformers_bit_for_bit(dtype):
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    ours, theirs = RMSNorm(32, eps=1e-6).to(dtype), Qwen3RMSNorm(32, eps=1e-6).to(dtype)
     with torch.no_grad():
-        norm.weight.normal_()
-    x = torch.randn(3, 7, 32) * 5
-    torch.testing.assert_close(norm(x), F.rms_norm(x, (32,), norm.weight, eps=1e-6))
+        ours.weight.normal_()
+        theirs.weight.copy_(ours.weight)
+    x = (torch.randn(3, 7, 32) * 5).to(dtype)
+    assert torch.equal(ours(x), theirs(x))
 
 
 def test_rmsnorm_keeps_bf16_input_dtype_with_fp32_gain():
@@ -186,6 +190,33 @@ def test_tokens_per_expert_sum_to_tokens_times_k():
     counts = out.tokens_per_expert
     assert counts.shape == (2, 7)
     assert (counts.sum(dim=1) == 2 * 13 * 3).all()
+
+
+def test_count_per_expert_equals_bincount():
+    g = torch.Generator().manual_seed(0)
+    for num_experts, shape in [(5, (40, 2)), (8, (1, 2)), (3, (7, 3)), (16, (0, 2))]:
+        indices = torch.randint(0, num_experts, shape, generator=g)
+        counts = count_per_expert(indices, num_experts)
+        assert torch.equal(counts, torch.bincount(indices.flatten(), minlength=num_experts))
+
+
+@pytest.mark.parametrize("use_moe", [True, False], ids=["moe", "dense"])
+def test_compiled_model_gives_the_eager_loss_and_gradients(use_moe):
+    # torch.compile traces the training forward (the train script compiles it); the aot_eager backend runs
+    # the traced graphs without generating code, so this checks the tracing in seconds.
+    m = model(use_moe=use_moe).train()
+    x, targets = torch.randint(0, 101, (2, 24)), torch.randint(0, 101, (2, 24))
+    eager = m(x, targets=targets)
+    eager.loss.backward()
+    expected = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    compiled = torch.compile(m, backend="aot_eager")(x, targets=targets)
+    compiled.loss.backward()
+    torch.testing.assert_close(compiled.loss, eager.loss, atol=1e-6, rtol=1e-6)
+    for name, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+    if use_moe:
+        assert torch.equal(compiled.tokens_per_expert, eager.tokens_per_expert)
 
 
 def reference_capacity_mask(indices: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
