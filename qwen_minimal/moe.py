@@ -1,4 +1,5 @@
 """Mixture of Experts: a top-k router, SwiGLU experts, optional capacity, and the load-balancing loss."""
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -166,8 +167,11 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        # The router runs in fp32 even in a bf16 model: small logit errors flip top-k choices.
-        with torch.autocast(x.device.type, enabled=False):
+        # The router runs in fp32 even in a bf16 model: small logit errors flip top-k choices. Under
+        # autocast, F.linear would compute in bf16 whatever its inputs, so autocast is switched off here
+        # (only when it is on: entering the context costs more than the router itself when decoding).
+        autocast = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
             router_logits = F.linear(x.float(), self.router.weight.float())
         weights, indices = route(router_logits, self.top_k, self.norm_topk_prob)
         kept = None
