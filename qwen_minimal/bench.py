@@ -113,28 +113,39 @@ def memory_method(device: torch.device) -> str:
             "figure also covers every earlier phase")
 
 
-def timed_generate(final_norm, generate, device) -> tuple[torch.Tensor, list[float]]:
-    """Run generate() and return its tokens and the elapsed time (s) at each decoding step.
+def timed_generate(generate, device) -> tuple[torch.Tensor, list[float]]:
+    """Run generate(on_token) and return its tokens and the time (s) at which each new token was chosen.
 
-    A forward hook on the decoder's final norm, which every decoding step calls exactly once, just
-    before the output projection, stamps the time; step i's latency is stamp[i] - stamp[i - 1] (the
-    output projection and sampling included), and stamp[0] is the prompt's prefill.
+    generate calls on_token once per new token, right after choosing it; stamp[0] is the first token (the
+    prompt's prefill included) and token i's latency is stamp[i] - stamp[i - 1], its output projection and
+    sampling included.
     """
     stamps = []
 
-    @torch.compiler.disable  # under --compile: a clock read, not part of the traced model
-    def stamp(module, inputs, output):
+    def on_token(token):
         synchronize(device)
         stamps.append(time.perf_counter())
 
-    handle = final_norm.register_forward_hook(stamp)
-    try:
-        synchronize(device)
-        start = time.perf_counter()
-        tokens = generate()
-    finally:
-        handle.remove()
+    synchronize(device)
+    start = time.perf_counter()
+    tokens = generate(on_token)
     return tokens, [s - start for s in stamps]
+
+
+class TokenCallback:
+    """A transformers streamer (put/end) that calls on_token with each new token: generate puts the prompt
+    first, then every token as soon as it is chosen."""
+
+    def __init__(self, on_token):
+        self.on_token, self.prompt_seen = on_token, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_seen:
+            self.on_token(value)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
 
 
 def latency_summary(runs: list[list[float]], new_tokens: int) -> dict:
@@ -161,25 +172,28 @@ def latency_summary(runs: list[list[float]], new_tokens: int) -> dict:
 
 def bench_decode(ours, hf, args, device) -> dict:
     """Greedy decoding of args.new_tokens tokens after a random prompt: qwen_minimal with and without
-    the KV cache, and transformers' generate (its defaults: sdpa attention, dynamic cache)."""
+    the KV cache (with it, its one-token steps compiled if args.compile), and transformers' generate (its
+    defaults: eager, sdpa attention, dynamic cache)."""
     g = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(0, ours.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
     n = args.new_tokens
-    variants = {
-        "ours_cache": (ours.norm, lambda k: ours.generate(prompt, k, temperature=0, use_cache=True)),
-        "ours_no_cache": (ours.norm, lambda k: ours.generate(prompt, k, temperature=0, use_cache=False)),
-        "transformers": (hf.model.norm, lambda k: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                                           max_new_tokens=k, do_sample=False, use_cache=True)),
+    variants = {  # each: (new tokens, on_token) -> tokens
+        "ours_cache": lambda k, on_token: ours.generate(prompt, k, temperature=0, compile=args.compile,
+                                                        on_token=on_token),
+        "ours_no_cache": lambda k, on_token: ours.generate(prompt, k, temperature=0, use_cache=False,
+                                                           on_token=on_token),
+        "transformers": lambda k, on_token: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                                        max_new_tokens=k, do_sample=False, use_cache=True,
+                                                        streamer=TokenCallback(on_token)),
     }
-    warmup = n if args.compile else min(n, 8)  # a compiled model compiles its shapes on the first full run
     with torch.no_grad():
-        for _, generate in variants.values():
-            generate(warmup)
+        for generate in variants.values():  # warm-up (and, with --compile, compilation)
+            generate(min(n, 8), lambda token: None)
         runs, tokens, memory = {name: [] for name in variants}, {}, {}
         for _ in range(args.repeats):  # alternate the variants so that all see the same machine load
-            for name, (final_norm, generate) in variants.items():
+            for name, generate in variants.items():
                 reset_peak_memory(device)
-                tokens[name], stamps = timed_generate(final_norm, lambda: generate(n), device)
+                tokens[name], stamps = timed_generate(lambda on_token: generate(n, on_token), device)
                 memory[name] = peak_memory_bytes(device)
                 if len(stamps) != n:
                     raise RuntimeError(f"{name} produced {len(stamps)} tokens instead of {n}")
@@ -335,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights and activations of both models (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile qwen_minimal's decoder (QwenLM.hidden_states, used by forward and generate)")
+                   help="torch.compile qwen_minimal's cached one-token decoding steps (generate(compile=True)) and "
+                        "its training forward (QwenLM.hidden_states); transformers runs eager")
     p.add_argument("--seed", type=int, default=0, help="weights, prompt and batch (default: %(default)s)")
     p.add_argument("--out_dir", default="analytics", help="where bench.json and per_token_times.png go "
                                                          "(default: %(default)s)")
@@ -383,8 +398,6 @@ def run(args) -> dict:
                   load_average_start=load_average(), memory_method=memory_method(device))
 
     ours, hf = same_weights_pair(config, args.seed, device, dtype)
-    if args.compile:
-        ours.hidden_states = torch.compile(ours.hidden_states)
     decode = bench_decode(ours, hf, args, device)
     del ours, hf
     train = None if args.skip_train else bench_train(config, args, device, dtype)
@@ -392,8 +405,9 @@ def run(args) -> dict:
                   load_average_end=load_average())
 
     threads = f"{result['threads']} thread" + ("s" if result["threads"] > 1 else "")
+    compiled = ", qwen_minimal's steps compiled" if args.compile else ""
     title = (f"Per-token latency of greedy decoding\n{args.shape}, {device.type}, {args.dtype}, {threads}, "
-             f"median of {args.repeats} runs")
+             f"median of {args.repeats} runs{compiled}")
     fig = plot_latency(decode, title)
     fig.savefig(out_dir / "per_token_times.png", dpi=120)
     plt.close(fig)

@@ -5,14 +5,16 @@ import torch
 class KVCache:
     """Keys and values of every layer for a batch of sequences that advance together.
 
-    k and v have shape [num_layers, batch, num_kv_heads, max_len, head_dim]; `length` positions are filled.
+    k[layer] and v[layer] have shape [batch, num_kv_heads, max_len, head_dim]; `length` positions are filled.
+    One tensor per layer rather than one for all layers: torch.compile then writes a step's keys into its
+    layer's tensor in place, where a slice of one shared tensor would be copied whole at every step.
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.length = 0
 
     @classmethod
@@ -27,11 +29,11 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def check_room(self, batch_size: int, new_tokens: int) -> None:
-        if batch_size != self.k.shape[1]:
-            raise ValueError(f"input batch {batch_size} does not match the cache's batch {self.k.shape[1]}")
+        if batch_size != self.k[0].shape[0]:
+            raise ValueError(f"input batch {batch_size} does not match the cache's batch {self.k[0].shape[0]}")
         if self.length + new_tokens > self.max_len:
             raise ValueError(f"sequence length {self.length + new_tokens} exceeds the KV cache length "
                              f"{self.max_len}: allocate a longer cache (max_len) or generate fewer tokens")
@@ -51,4 +53,4 @@ class KVCache:
         self.length = 0
 
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)

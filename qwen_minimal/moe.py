@@ -144,8 +144,11 @@ class Experts(nn.Module):
             out = grouped_linear(F.silu(grouped_linear(rows, gate, ends)) * grouped_linear(rows, up, ends), down, ends)
         else:
             counts = tokens_per_expert.tolist()
-            # Experts without tokens are skipped: while decoding one token only top_k of them run.
-            out = torch.cat([self.expert(e, block) for e, block in enumerate(rows.split(counts)) if counts[e]])
+            # Experts without tokens are skipped (when decoding a small batch, most of them); a compiled graph
+            # cannot branch on the counts and runs them on their empty blocks instead.
+            run_empty = torch.compiler.is_compiling()
+            out = torch.cat([self.expert(e, block) for e, block in enumerate(rows.split(counts))
+                             if run_empty or counts[e]])
         # Back to assignment order (dropped assignments stay zero), then each token sums its k outputs.
         # Under autocast the experts return bf16 while x may be fp32: accumulate in x's dtype.
         # (A reshape and sum rather than index_add_, which is slow on CPU with several threads.)

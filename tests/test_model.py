@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from qwen_minimal import KVCache, ModelConfig, QwenLM
 from qwen_minimal.attention import Attention
+from qwen_minimal.model import compiled_decoding_step
 from qwen_minimal.moe import MoE, capacity_mask, count_per_expert, expert_capacity
 from qwen_minimal.rmsnorm import RMSNorm
 from qwen_minimal.rope import RotaryEmbedding, apply_rope
@@ -99,12 +100,13 @@ def test_cached_and_uncached_logits_agree_over_prompt_and_50_steps(batch):
 def test_cache_is_preallocated_and_written_in_place():
     m = model()
     cache = KVCache.for_model(m, batch_size=1, max_len=16)
-    storage = cache.k.data_ptr()
+    storage = [t.data_ptr() for t in cache.k + cache.v]
     with torch.no_grad():
         m(torch.randint(0, 101, (1, 5)), cache=cache)
         m(torch.randint(0, 101, (1, 1)), cache=cache)
-    assert cache.k.data_ptr() == storage and cache.k.shape[3] == 16
-    assert cache.k[:, :, :, :6].abs().sum() > 0 and cache.k[:, :, :, 6:].abs().sum() == 0
+    assert [t.data_ptr() for t in cache.k + cache.v] == storage
+    for t in cache.k + cache.v:
+        assert t.shape[2] == 16 and t[:, :, :6].abs().sum() > 0 and t[:, :, 6:].abs().sum() == 0
 
 
 def test_sequence_longer_than_cache_or_model_raises():
@@ -147,6 +149,29 @@ def test_generate_stops_rows_at_eos():
     out = m.generate(prompt, 10, temperature=0, eos_token_id=eos)
     first = (out[0, 3:] == eos).nonzero()[0].item() + 3
     assert (out[0, first:] == eos).all()  # after eos, a row keeps emitting eos
+
+
+@pytest.mark.parametrize("use_moe, batch", [(True, 1), (True, 2), (False, 1)], ids=["moe-1", "moe-2", "dense-1"])
+def test_compiled_decoding_gives_the_eager_logits_and_tokens(use_moe, batch):
+    # generate(compile=True) runs its one-token steps through torch.compile's default backend (inductor:
+    # generated C++, tens of seconds to compile on a CPU). With batch 1 the MoE takes its one-token path,
+    # with batch 2 the sorted one.
+    m = model(use_moe=use_moe)
+    prompt = torch.randint(0, 101, (batch, 5))
+    with torch.inference_mode(), torch._dynamo.config.patch(capture_scalar_outputs=True):
+        caches = [KVCache.for_model(m, batch, 12) for _ in range(2)]
+        for cache in caches:
+            m.next_token_logits(prompt, cache)
+        step, token = compiled_decoding_step(m), torch.randint(0, 101, (batch, 1))
+        for _ in range(3):  # three positions: one compilation must serve every cache length
+            torch.testing.assert_close(step(token, caches[0]), m.next_token_logits(token, caches[1]),
+                                       atol=1e-5, rtol=1e-5)
+    streamed = []
+    out = m.generate(prompt, 12, temperature=0, compile=True, on_token=streamed.append)
+    assert torch.equal(out, m.generate(prompt, 12, temperature=0))
+    assert torch.equal(torch.cat(streamed, dim=1), out[:, 5:])
+    with pytest.raises(ValueError, match="use_cache=True"):
+        m.generate(prompt, 3, compile=True, use_cache=False)
 
 
 def moe_layer(**overrides) -> MoE:
