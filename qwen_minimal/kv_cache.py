@@ -7,7 +7,7 @@ class KVCache:
 
     k[layer] and v[layer] have shape [batch, num_kv_heads, max_len, head_dim]; `length` positions are filled.
     One tensor per layer rather than one for all layers: torch.compile then writes a step's keys into its
-    layer's tensor in place, where a slice of one shared tensor would be copied whole at every step.
+    layer's tensor in place, where with one shared tensor its compiled step rewrote every position each step.
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,

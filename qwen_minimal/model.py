@@ -153,7 +153,7 @@ class QwenLM(nn.Module):
                 elif i == 0:       # the prompt, once, filling the cache
                     logits = self.next_token_logits(input_ids, cache)
                 else:              # then only the newest token, reading the rest from the cache
-                    logits = decoding_step(tokens[:, -1:], cache)
+                    logits = decoding_step(token, cache)
                 token = sample_next_token(logits, temperature, top_k, top_p, generator)
                 if eos_token_id is not None:
                     token = token.masked_fill(finished[:, None], eos_token_id)
