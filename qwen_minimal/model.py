@@ -1,6 +1,5 @@
 """The Qwen3-style decoder: pre-norm blocks of attention and a MoE (or dense SwiGLU) feed-forward."""
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -142,9 +141,7 @@ class QwenLM(nn.Module):
             raise ValueError("compile=True compiles the one-token steps of cached decoding: set use_cache=True")
         decoding_step = compiled_decoding_step(self) if compile else self.next_token_logits
         # inference_mode is no_grad without autograd's per-tensor bookkeeping: less overhead per operation.
-        # (capture_scalar_outputs: the compiler traces the MoE's .tolist() of its chosen experts as data.)
-        traced_scalars = torch._dynamo.config.patch(capture_scalar_outputs=True) if compile else nullcontext()
-        with torch.inference_mode(), traced_scalars:
+        with torch.inference_mode():
             cache = KVCache.for_model(self, B, total) if use_cache else None
             tokens, finished = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
             for i in range(max_new_tokens):
@@ -177,5 +174,8 @@ def compiled_decoding_step(model: QwenLM):
     later calls, for this model or another of the same shapes, reuse them.
     """
     on_cpu = model.lm_head.weight.device.type == "cpu"
-    return torch.compile(model.next_token_logits, dynamic=True, fullgraph=True,
+    step = torch.compile(model.next_token_logits, dynamic=True, fullgraph=True,
                          options={"cpp_wrapper": True} if on_cpu else None)
+    # The MoE looks up its chosen experts with .tolist(): traced as data (unknown integers), not a graph break.
+    # The setting is applied around every call (about 10 us) because any call may have to compile.
+    return torch._dynamo.config.patch(capture_scalar_outputs=True)(step)

@@ -158,7 +158,7 @@ def test_compiled_decoding_gives_the_eager_logits_and_tokens(use_moe, batch):
     # with batch 2 the sorted one.
     m = model(use_moe=use_moe)
     prompt = torch.randint(0, 101, (batch, 5))
-    with torch.inference_mode(), torch._dynamo.config.patch(capture_scalar_outputs=True):
+    with torch.inference_mode():
         caches = [KVCache.for_model(m, batch, 12) for _ in range(2)]
         for cache in caches:
             m.next_token_logits(prompt, cache)
