@@ -1,8 +1,20 @@
-"""qwen_minimal: a compact Qwen3-style Mixture-of-Experts language model in PyTorch."""
+"""qwen_minimal: a compact Qwen3-style Mixture-of-Experts language model in PyTorch.
+
+The model, floor by floor (each module imports only from the ones above it):
+  errors, config                        settings and the error for bad input
+  rmsnorm, rope, attention, kv_cache,   the layers
+  feed_forward, moe, loss, sampling
+  model                                 QwenLM: the decoder, its FLOPs, generate
+  devices, interop                      where it runs; weights in and out of transformers
+Around it: data/ (text, tokenizer, token cache, batches), optim, monitoring, plots, checkpoint, cli, and the
+command-line tools train, generate and bench (python -m qwen_minimal.<tool> --help). widgets: the book's
+interactive figures (pip install "qwen-minimal[book]").
+"""
 from .config import PRESETS, ModelConfig
+from .errors import InputError
+from .interop import config_from_transformers, from_transformers, load_pretrained
 from .kv_cache import KVCache
 from .model import ModelOutput, QwenLM
-from .interop import config_from_transformers, from_transformers, load_pretrained
 
-__all__ = ["PRESETS", "ModelConfig", "KVCache", "ModelOutput", "QwenLM",
-           "config_from_transformers", "from_transformers", "load_pretrained"]
+__all__ = ["PRESETS", "InputError", "KVCache", "ModelConfig", "ModelOutput", "QwenLM", "config_from_transformers",
+           "from_transformers", "load_pretrained"]

@@ -12,7 +12,6 @@ so that both see the same machine load, and every figure is a median over repeat
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import resource
@@ -23,63 +22,33 @@ from pathlib import Path
 
 import torch
 
+from .cli import exit_on_input_error
 from .config import ModelConfig
-from .interop import from_transformers
+from .devices import resolve_device, synchronize
+from .errors import InputError, check_at_least
+from .interop import same_weights_pair
 from .kv_cache import KVCache
-from .train import TrainConfig, make_optimizer, resolve_device
+from .optim import make_optimizer
 
-# Benchmark shapes. bench-small is the shape of the speed targets: hidden 128, 4 layers, 8 experts
-# top-2, GPT-2 vocabulary; 4 query heads in 2 KV groups of head_dim 32; experts 256 wide.
+# Benchmark shapes: the cpu-tiny model preset with these changes. bench-small is the shape of the speed
+# targets: hidden 128, 4 layers, 8 experts top-2 256 wide, 4 query heads in 2 KV groups of head_dim 32, with
+# GPT-2's vocabulary and separate input and output embeddings; tiny runs in seconds, for tests.
 SHAPES = {
-    "bench-small": dict(vocab_size=50257, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                        max_seq_len=512, intermediate_size=512, num_experts=8, top_k=2,
-                        expert_intermediate_size=256),
-    # Seconds on a CPU: for tests and the notebook's quick run.
+    "bench-small": dict(vocab_size=50257, max_seq_len=512, tie_embeddings=False),
     "tiny": dict(vocab_size=512, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                 max_seq_len=128, intermediate_size=64, num_experts=4, top_k=2, expert_intermediate_size=32),
+                 intermediate_size=64, num_experts=4, expert_intermediate_size=32, tie_embeddings=False),
 }
+
+
+def shape_config(shape: str) -> ModelConfig:
+    if shape not in SHAPES:
+        raise InputError(f"unknown benchmark shape {shape!r}; choose one of {sorted(SHAPES)}")
+    return ModelConfig.preset("cpu-tiny", **SHAPES[shape])
+
 
 # What "flat" and "grows" mean in numbers, for latency_growth (see latency_summary); reported, never asserted.
 FLAT_MAX_GROWTH = 0.15    # with the cache: the last quarter's tokens at most 15% slower than the first's
 GROWING_MIN_GROWTH = 0.3  # without it: at least 30% slower
-
-
-def hf_config_from(config: ModelConfig):
-    """The transformers config of the same architecture: Qwen3MoeConfig (or Qwen3Config if dense)."""
-    from transformers import Qwen3Config, Qwen3MoeConfig
-
-    if config.capacity_factor is not None:
-        raise ValueError("transformers' Qwen3-MoE is dropless: set capacity_factor=None to compare with it")
-    common = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                  intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-                  num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-                  head_dim=config.head_dim, max_position_embeddings=config.max_seq_len,
-                  rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-                  rms_norm_eps=config.rms_norm_eps, attention_bias=config.attention_bias,
-                  tie_word_embeddings=config.tie_embeddings, initializer_range=config.init_std)
-    if not config.use_moe:
-        return Qwen3Config(**common)
-    return Qwen3MoeConfig(**common, num_experts=config.num_experts, num_experts_per_tok=config.top_k,
-                          moe_intermediate_size=config.expert_intermediate_size,
-                          norm_topk_prob=config.norm_topk_prob, router_aux_loss_coef=config.router_aux_loss_coef,
-                          decoder_sparse_step=1, mlp_only_layers=[])
-
-
-def same_weights_pair(config: ModelConfig, seed: int = 0, device="cpu", dtype=torch.float32):
-    """(qwen_minimal model, transformers model) holding identical random weights, in eval mode."""
-    from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
-
-    torch.manual_seed(seed)
-    hf_class = Qwen3MoeForCausalLM if config.use_moe else Qwen3ForCausalLM
-    hf = hf_class(hf_config_from(config)).to(device=device, dtype=dtype).eval()
-    # A copy: from_transformers may share tensors with hf, and each model gets its own optimizer.
-    ours = from_transformers(copy.deepcopy(hf)).to(device).eval()
-    return ours, hf
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
@@ -170,15 +139,17 @@ def latency_summary(runs: list[list[float]], new_tokens: int) -> dict:
     }
 
 
-def bench_decode(ours, hf, args, device) -> dict:
-    """Greedy decoding of args.new_tokens tokens after a random prompt: qwen_minimal with and without
-    the KV cache (with it, its one-token steps compiled if args.compile), and transformers' generate (its
-    defaults: eager, sdpa attention, dynamic cache)."""
-    g = torch.Generator().manual_seed(args.seed)
-    prompt = torch.randint(0, ours.config.vocab_size, (1, args.prompt_len), generator=g).to(device)
-    n = args.new_tokens
+def bench_decode(ours, hf, prompt_len: int = 16, new_tokens: int = 256, repeats: int = 3,
+                 compile: bool = False, seed: int = 0) -> dict:
+    """Greedy decoding of new_tokens tokens after a random prompt: qwen_minimal with and without the KV cache
+    (with it, its one-token steps compiled if `compile`), and transformers' generate (its defaults: eager, sdpa
+    attention, dynamic cache), each `repeats` times, alternating."""
+    device = next(ours.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, ours.config.vocab_size, (1, prompt_len), generator=g).to(device)
+    n = new_tokens
     variants = {  # each: (new tokens, on_token) -> tokens
-        "ours_cache": lambda k, on_token: ours.generate(prompt, k, temperature=0, compile=args.compile,
+        "ours_cache": lambda k, on_token: ours.generate(prompt, k, temperature=0, compile=compile,
                                                         on_token=on_token),
         "ours_no_cache": lambda k, on_token: ours.generate(prompt, k, temperature=0, use_cache=False,
                                                            on_token=on_token),
@@ -187,10 +158,10 @@ def bench_decode(ours, hf, args, device) -> dict:
                                                         streamer=TokenCallback(on_token)),
     }
     with torch.no_grad():
-        for generate in variants.values():  # warm-up (and, with --compile, compilation)
+        for generate in variants.values():  # warm-up (and, with compile, compilation)
             generate(min(n, 8), lambda token: None)
         runs, tokens, memory = {name: [] for name in variants}, {}, {}
-        for _ in range(args.repeats):  # alternate the variants so that all see the same machine load
+        for _ in range(repeats):  # alternate the variants so that all see the same machine load
             for name, generate in variants.items():
                 reset_peak_memory(device)
                 tokens[name], stamps = timed_generate(lambda on_token: generate(n, on_token), device)
@@ -201,37 +172,40 @@ def bench_decode(ours, hf, args, device) -> dict:
     result = {name: latency_summary(r, n) for name, r in runs.items()}
     for name in variants:
         result[name]["peak_memory_bytes"] = memory[name]
-    same = (tokens["ours_cache"] == tokens["transformers"])[0, args.prompt_len:].tolist() + [False]
+    same = (tokens["ours_cache"] == tokens["transformers"])[0, prompt_len:].tolist() + [False]
     result.update(
-        prompt_len=args.prompt_len, new_tokens=n,
+        prompt_len=prompt_len, new_tokens=n,
         tokens_match=bool(torch.equal(tokens["ours_cache"], tokens["transformers"])),
         cache_matches_no_cache=bool(torch.equal(tokens["ours_cache"], tokens["ours_no_cache"])),
         matching_prefix=same.index(False),
-        kv_cache_bytes=KVCache.for_model(ours, 1, args.prompt_len + n).nbytes(),
+        kv_cache_bytes=KVCache.for_model(ours, 1, prompt_len + n).nbytes(),
         speedup_vs_transformers=result["ours_cache"]["tokens_per_s"] / result["transformers"]["tokens_per_s"],
         cache_speedup=result["ours_cache"]["tokens_per_s"] / result["ours_no_cache"]["tokens_per_s"],
     )
     return result
 
 
-def bench_train(config: ModelConfig, args, device, dtype) -> dict:
+def bench_train(config: ModelConfig, batch_size: int = 8, seq_len: int = 128, steps: int = 5, warmup: int = 2,
+                compile: bool = False, seed: int = 0, device="cpu", dtype=torch.float32) -> dict:
     """One optimizer step (forward, backward, AdamW) of each model on the same batch, same weights, with
-    the optimizer of `python -m qwen_minimal.train` (fused AdamW on CPU and CUDA) for both.
+    the optimizer of `python -m qwen_minimal.train` (fused AdamW on CPU and CUDA) for both: `warmup` untimed
+    steps, then `steps` timed ones, alternating.
 
     transformers gets labels (it shifts them itself) and output_router_logits=True, so that its loss also
     includes router_aux_loss_coef * the load-balancing loss, as qwen_minimal's does; qwen_minimal gets the
     shifted targets with the last position ignored, so that both losses cover the same positions.
     """
-    ours, hf = same_weights_pair(config, args.seed, device, dtype)
+    device = torch.device(device)
+    ours, hf = same_weights_pair(config, seed, device, dtype)
     ours.train(), hf.train()
-    if args.compile:
+    if compile:
         ours.hidden_states = torch.compile(ours.hidden_states)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    x = torch.randint(0, config.vocab_size, (args.train_batch, args.train_seq), generator=g).to(device)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=g).to(device)
     targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
 
     def optimizer_step(model, loss_of):
-        optimizer = make_optimizer(model, TrainConfig(), device)  # the training script's AdamW, for both
+        optimizer = make_optimizer(model, lr=3e-4, device=device)  # the training script's AdamW, for both
 
         def step():
             loss = loss_of(model)
@@ -241,15 +215,15 @@ def bench_train(config: ModelConfig, args, device, dtype) -> dict:
             return loss
         return step
 
-    steps = {"ours": optimizer_step(ours, lambda m: m(x, targets=targets).loss),
-             "transformers": optimizer_step(hf, lambda m: m(input_ids=x, labels=x, output_router_logits=True).loss)}
-    first_loss = {name: step().item() for name, step in steps.items()}  # same weights: same loss
-    for _ in range(args.warmup - 1):
-        for step in steps.values():
+    variants = {"ours": optimizer_step(ours, lambda m: m(x, targets=targets).loss),
+                "transformers": optimizer_step(hf, lambda m: m(input_ids=x, labels=x, output_router_logits=True).loss)}
+    first_loss = {name: step().item() for name, step in variants.items()}  # same weights: same loss
+    for _ in range(warmup - 1):
+        for step in variants.values():
             step()
-    times, memory = {name: [] for name in steps}, {}
-    for _ in range(args.train_steps):
-        for name, step in steps.items():
+    times, memory = {name: [] for name in variants}, {}
+    for _ in range(steps):
+        for name, step in variants.items():
             reset_peak_memory(device)
             synchronize(device)
             start = time.perf_counter()
@@ -260,7 +234,7 @@ def bench_train(config: ModelConfig, args, device, dtype) -> dict:
     result = {name: {"step_s": statistics.median(t), "step_s_runs": t, "tokens_per_s": x.numel() / statistics.median(t),
                      "first_loss": first_loss[name], "peak_memory_bytes": memory[name]}
               for name, t in times.items()}
-    result.update(batch_size=args.train_batch, seq_len=args.train_seq, steps=args.train_steps, warmup=args.warmup,
+    result.update(batch_size=batch_size, seq_len=seq_len, steps=steps, warmup=warmup,
                   first_loss_diff=abs(first_loss["ours"] - first_loss["transformers"]),
                   speedup_vs_transformers=result["transformers"]["step_s"] / result["ours"]["step_s"])
     return result
@@ -362,65 +336,55 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def check_args(args) -> None:
-    for name in ("prompt_len", "new_tokens", "repeats", "train_batch", "train_steps", "warmup"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    if args.train_seq < 2:
-        raise ValueError(f"--train_seq must be at least 2, got {args.train_seq}")
-    if args.new_tokens < 2:
-        raise ValueError("--new_tokens must be at least 2: per-token latencies are gaps between tokens")
-    max_len = SHAPES[args.shape]["max_seq_len"]
-    if args.prompt_len + args.new_tokens > max_len or args.train_seq > max_len:
-        raise ValueError(f"shape {args.shape} has max_seq_len={max_len}: prompt_len + new_tokens and train_seq "
-                         f"must fit in it")
-
-
-def run(args) -> dict:
-    """Run the benchmark described by parsed arguments; write bench.json and per_token_times.png."""
+def run(shape: str = "bench-small", prompt_len: int = 16, new_tokens: int = 256, repeats: int = 3,
+        train_batch: int = 8, train_seq: int = 128, train_steps: int = 5, warmup: int = 2, skip_train: bool = False,
+        device: str = "auto", dtype: str = "float32", threads: int | None = None, compile: bool = False,
+        seed: int = 0, out_dir: str | Path | None = "analytics") -> dict:
+    """The whole benchmark (the options of --help); writes bench.json and per_token_times.png into out_dir
+    unless it is None. Returns the result that bench.json holds."""
     import matplotlib.pyplot as plt
     import transformers
 
-    check_args(args)
+    config = shape_config(shape)
+    check_at_least(1, prompt_len=prompt_len, repeats=repeats, train_batch=train_batch, train_steps=train_steps,
+                   warmup=warmup, threads=threads or 1)
+    check_at_least(2, train_seq=train_seq, new_tokens=new_tokens)  # latencies are gaps between tokens
+    if prompt_len + new_tokens > config.max_seq_len or train_seq > config.max_seq_len:
+        raise InputError(f"shape {shape} has max_seq_len={config.max_seq_len}: prompt_len + new_tokens and "
+                         f"train_seq must fit in it")
     transformers.logging.set_verbosity_error()  # generate's notes about unset pad tokens and the like
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
-    config = ModelConfig(**SHAPES[args.shape])
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = dict(shape=args.shape, config=config.to_dict(), device=str(device), dtype=args.dtype,
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device, torch_dtype = resolve_device(device), getattr(torch, dtype)
+    result = dict(shape=shape, config=config.to_dict(), device=str(device), dtype=dtype,
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                  threads=torch.get_num_threads(), compile=args.compile, repeats=args.repeats,
+                  threads=torch.get_num_threads(), compile=compile, repeats=repeats,
                   torch_version=torch.__version__, transformers_version=transformers.__version__,
                   load_average_start=load_average(), memory_method=memory_method(device))
 
-    ours, hf = same_weights_pair(config, args.seed, device, dtype)
-    decode = bench_decode(ours, hf, args, device)
+    ours, hf = same_weights_pair(config, seed, device, torch_dtype)
+    decode = bench_decode(ours, hf, prompt_len, new_tokens, repeats, compile, seed)
     del ours, hf
-    train = None if args.skip_train else bench_train(config, args, device, dtype)
-    result.update(decode=decode, train=train, targets=targets(decode, train),
-                  load_average_end=load_average())
-
-    threads = f"{result['threads']} thread" + ("s" if result["threads"] > 1 else "")
-    compiled = ", qwen_minimal's steps compiled" if args.compile else ""
-    title = (f"Per-token latency of greedy decoding\n{args.shape}, {device.type}, {args.dtype}, {threads}, "
-             f"median of {args.repeats} runs{compiled}")
-    fig = plot_latency(decode, title)
-    fig.savefig(out_dir / "per_token_times.png", dpi=120)
-    plt.close(fig)
-    (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+    train = None if skip_train else bench_train(config, train_batch, train_seq, train_steps, warmup, compile, seed,
+                                                device, torch_dtype)
+    result.update(decode=decode, train=train, targets=targets(decode, train), load_average_end=load_average())
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        threads = f"{result['threads']} thread" + ("s" if result["threads"] > 1 else "")
+        compiled = ", qwen_minimal's steps compiled" if compile else ""
+        fig = plot_latency(decode, f"Per-token latency of greedy decoding\n{shape}, {device.type}, {dtype}, "
+                                   f"{threads}, median of {repeats} runs{compiled}")
+        fig.savefig(out_dir / "per_token_times.png", dpi=120)
+        plt.close(fig)
+        (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
     return result
 
 
+@exit_on_input_error
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    result = run(**vars(args))
     print_summary(result)
     print(f"wrote {Path(args.out_dir) / 'bench.json'} and {Path(args.out_dir) / 'per_token_times.png'}")
     return result

@@ -1,28 +1,31 @@
 """Checkpoints: one folder with the weights (safetensors), the configurations (JSON), the tokenizer the
-model was trained with and, for resuming, the training state (optimizer, step, random-number states).
+model was trained with and, for resuming, the training state (optimizer moments and step).
 
 Layout, inside a run's output folder:
 
     <out_dir>/checkpoint/model.safetensors   fp32 weights (a tied embedding is stored once)
     <out_dir>/checkpoint/config.json         {"model": ModelConfig, "train": TrainConfig, "step", "tokenizer"}
     <out_dir>/checkpoint/tokenizer/          the tokenizer, as tokenizer.save_pretrained() writes it
-    <out_dir>/checkpoint/train_state.pt      optimizer state, step, RNG states (absent in weights-only saves)
+    <out_dir>/checkpoint/train_state.pt      optimizer state and step (absent in weights-only saves)
 
 A save writes a complete new folder beside the old one and then swaps the two by renaming, so an
-interrupted save never leaves a checkpoint that is half old and half new.
+interrupted save never leaves a checkpoint that is half old and half new. A file that is damaged all the
+same (a full disk, a copy cut short) is reported as an InputError that names it and says what to do.
 """
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
-import warnings
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 
-from . import data
 from .config import ModelConfig
+from .errors import InputError, MissingInputError
 from .model import QwenLM
 
 CHECKPOINT_DIR = "checkpoint"
@@ -32,7 +35,7 @@ WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE = "model.safetensors", "config.json", "t
 def save_checkpoint(out_dir: str | Path, model: QwenLM, step: int = 0, train_config: dict | None = None,
                     tokenizer=None, optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write <out_dir>/checkpoint atomically and return its path. With an optimizer, the training state
-    (optimizer moments, step, RNG states) is saved too, so that training can resume exactly."""
+    (optimizer moments and step) is saved too, so that training can resume exactly."""
     out_dir = Path(out_dir)
     final, tmp, old = (out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", ".tmp", ".old"))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -44,11 +47,11 @@ def save_checkpoint(out_dir: str | Path, model: QwenLM, step: int = 0, train_con
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / TOKENIZER)
     if optimizer is not None:
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        # The data order is a function of (seed, step), so `step` is also the position in the data.
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng}, tmp / TRAIN_STATE)
+        # The data order is a function of (seed, step), so `step` is also the position in the data; nothing
+        # else draws random numbers after initialisation, so no random-number state is needed.
+        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / TRAIN_STATE)
+    for file in tmp.rglob("*"):  # readable by others, like the rest of the run (safetensors writes 0600)
+        os.chmod(file, 0o755 if file.is_dir() else 0o644)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -63,52 +66,88 @@ def find_checkpoint(path: str | Path) -> Path:
     for folder in (path, path / CHECKPOINT_DIR, path / (CHECKPOINT_DIR + ".old")):
         if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
             return folder
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"no checkpoint at {path}: expected {path / CHECKPOINT_DIR / WEIGHTS} and {CONFIG} beside it, as "
         f"written by `python -m qwen_minimal.train --out_dir {path}`. Check the path, or train a model first")
 
 
+def _damaged(file: Path, problem: str, remedy: str | None = None) -> InputError:
+    remedy = remedy or (f"delete the run folder {file.parent.parent} and train again, or put back a good copy "
+                        f"of {file.name}")
+    return InputError(f"{file} is damaged ({problem}): it was cut short or overwritten, perhaps by a full disk or "
+                      f"an unfinished copy. To go on, {remedy}")
+
+
 def read_config(path: str | Path) -> dict:
     """The checkpoint's config.json: {"model": ..., "train": ..., "step": ..., "tokenizer": ...}."""
-    return json.loads((find_checkpoint(path) / CONFIG).read_text())
+    file = find_checkpoint(path) / CONFIG
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _damaged(file, f"not valid JSON: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "step" not in config:
+        raise _damaged(file, 'it lacks the "model" settings or the "step"')
+    return config
+
+
+def model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig saved in a checkpoint (older checkpoints included, see ModelConfig.from_dict)."""
+    try:
+        return ModelConfig.from_dict(read_config(path)["model"])
+    except InputError as e:
+        raise _damaged(find_checkpoint(path) / CONFIG, f"its model settings are invalid: {e}") from None
 
 
 def load_weights(model: QwenLM, path: str | Path) -> None:
     """Copy the checkpoint's weights into `model` (which must have the same configuration)."""
     file = find_checkpoint(path) / WEIGHTS
     device = next(model.parameters()).device
-    safetensors.torch.load_model(model, str(file), strict=True, device=str(device))
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False, device=str(device))
+    except safetensors.SafetensorError as e:
+        raise _damaged(file, f"not a readable safetensors file: {e}") from None
+    except RuntimeError as e:  # a tensor of another shape than config.json says
+        raise _damaged(file, f"its tensors do not fit the model of {CONFIG}: {e}") from None
+    if missing or unexpected:
+        raise _damaged(file, f"tensors missing: {sorted(missing)[:4]}, unexpected: {sorted(unexpected)[:4]}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> QwenLM:
     """The model saved in a checkpoint (folder or run output folder), in eval mode, fp32 weights."""
-    config = ModelConfig.from_dict(read_config(path)["model"])
-    model = QwenLM(config).to(device)
+    model = QwenLM(model_config(path)).to(device)
     load_weights(model, path)
     return model.eval()
 
 
-def load_tokenizer(path: str | Path):
-    """The tokenizer saved with a checkpoint; for a checkpoint saved without one, load_tokenizer()'s
-    default (announced with a warning, since it may not be the one the model was trained with)."""
+def saved_tokenizer(path: str | Path):
+    """The tokenizer saved with a checkpoint, or None if it was saved without one."""
+    from transformers import AutoTokenizer
+
     folder = find_checkpoint(path) / TOKENIZER
-    if folder.is_dir():
-        return data.load_tokenizer(folder)
-    warnings.warn(f"{find_checkpoint(path)} holds no tokenizer/ folder: using the default tokenizer, which "
-                  f"may differ from the one the model was trained with", stacklevel=2)
-    return data.load_tokenizer()
+    if not folder.is_dir():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise _damaged(folder, f"the tokenizer cannot be read: {e}") from None
 
 
 def load_train_state(path: str | Path, model: QwenLM, optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights, optimizer state and RNG states from a checkpoint; return the step to continue from."""
+    """Restore weights and optimizer state from a checkpoint; return the step to continue from."""
     folder = find_checkpoint(path)
-    if not (folder / TRAIN_STATE).is_file():
-        raise FileNotFoundError(f"{folder} holds weights only ({TRAIN_STATE} is missing), so training "
+    file = folder / TRAIN_STATE
+    if not file.is_file():
+        raise MissingInputError(f"{folder} holds weights only ({TRAIN_STATE} is missing), so training "
                                 f"cannot resume from it: start a new run in another --out_dir")
     load_weights(model, folder)
-    state = torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"]
+    weights_only = (f"the weights in {WEIGHTS} are intact, so the model can still be sampled or exported; to "
+                    f"train further, start a new run in another --out_dir, or put back a good copy of {TRAIN_STATE}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise _damaged(file, f"not a readable PyTorch file: {str(e).splitlines()[0]}", weights_only) from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        return int(state["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise _damaged(file, f"it does not hold this model's optimizer state: {e}", weights_only) from None

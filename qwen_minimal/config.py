@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import InputError, check_at_least, check_known_fields
+
 
 @dataclass
 class ModelConfig:
@@ -21,11 +23,11 @@ class ModelConfig:
     use_moe: bool = True
     intermediate_size: int = 3072     # hidden width of the dense SwiGLU MLP
     num_experts: int = 8
-    top_k: int = 2                    # experts each token is sent to
+    num_experts_per_tok: int = 2      # experts each token is routed to, the k of top-k routing (transformers' name)
     expert_intermediate_size: int = 3072  # hidden width of one expert's SwiGLU
-    norm_topk_prob: bool = True       # renormalise the top-k router probabilities to sum to 1 (Qwen3)
+    norm_topk_prob: bool = True       # renormalise the k chosen router probabilities to sum to 1 (Qwen3)
     capacity_factor: float | None = None  # None: dropless (Qwen3). Else each expert takes at most
-                                          # ceil(capacity_factor * tokens * top_k / num_experts) tokens.
+                                          # ceil(capacity_factor * tokens * num_experts_per_tok / num_experts) tokens.
     router_aux_loss_coef: float = 0.01    # weight of the load-balancing loss in the training loss
     tie_embeddings: bool = False      # share the input embedding with the output projection
     init_std: float = 0.02            # std of the normal init of every weight matrix
@@ -33,49 +35,46 @@ class ModelConfig:
     def __post_init__(self):
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
-                raise ValueError(
+                raise InputError(
                     f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}: "
                     f"choose a hidden_size that is a multiple of num_heads, or set head_dim explicitly")
             self.head_dim = self.hidden_size // self.num_heads
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "max_seq_len", "intermediate_size", "num_experts", "expert_intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        check_at_least(1, **{name: getattr(self, name) for name in (
+            "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "max_seq_len",
+            "intermediate_size", "num_experts", "expert_intermediate_size")})
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise InputError(
                 f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}: "
                 f"each KV head must serve a whole group of query heads, so pick num_kv_heads among "
                 f"the divisors of num_heads")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} is odd: RoPE rotates pairs of channels, "
+            raise InputError(f"head_dim={self.head_dim} is odd: RoPE rotates pairs of channels, "
                              f"so head_dim must be even")
-        if self.use_moe and not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}: "
-                             f"lower top_k or add experts")
+        if self.use_moe and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise InputError(f"num_experts_per_tok={self.num_experts_per_tok} must be between 1 and "
+                             f"num_experts={self.num_experts}: route each token to fewer experts or add experts")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
-            raise ValueError(f"capacity_factor={self.capacity_factor} must be positive, "
+            raise InputError(f"capacity_factor={self.capacity_factor} must be positive, "
                              f"or None for dropless routing")
-
-    @property
-    def num_queries_per_kv(self) -> int:
-        return self.num_heads // self.num_kv_heads
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+    def from_dict(cls, values: dict) -> ModelConfig:
+        """The inverse of to_dict. Also reads the configs of older checkpoints, which called
+        num_experts_per_tok `top_k`."""
+        values = dict(values)
+        if "top_k" in values and "num_experts_per_tok" not in values:
+            values["num_experts_per_tok"] = values.pop("top_k")
+        check_known_fields(cls, values)
         return cls(**values)
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ModelConfig":
+    def preset(cls, name: str, **overrides) -> ModelConfig:
         """A named configuration from PRESETS, with any field overridden."""
         if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise InputError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
 
@@ -85,7 +84,7 @@ PRESETS: dict[str, dict] = {
     "wikitext103": dict(),
     # Small enough to train visibly on a 2-core CPU in about a minute.
     "cpu-tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                     max_seq_len=128, intermediate_size=512, num_experts=8, top_k=2,
+                     max_seq_len=128, intermediate_size=512, num_experts=8, num_experts_per_tok=2,
                      expert_intermediate_size=256, tie_embeddings=True),
     # The real Qwen3 shapes (from their config.json on the hub), for loading checkpoints.
     "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
@@ -93,5 +92,5 @@ PRESETS: dict[str, dict] = {
                        tie_embeddings=True),
     "qwen3-30b-a3b": dict(vocab_size=151936, hidden_size=2048, num_layers=48, num_heads=32, num_kv_heads=4,
                           head_dim=128, max_seq_len=40960, intermediate_size=6144, num_experts=128,
-                          top_k=8, expert_intermediate_size=768, router_aux_loss_coef=0.001),
+                          num_experts_per_tok=8, expert_intermediate_size=768, router_aux_loss_coef=0.001),
 }

@@ -2,12 +2,14 @@
 
 The mapping is explicit, name by name, and every tensor's shape is checked against the model it goes into.
 """
+import copy
 import json
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig
+from .errors import InputError, MissingInputError
 from .model import QwenLM
 from .rope import RotaryEmbedding
 
@@ -31,19 +33,19 @@ def config_from_transformers(hf_config) -> ModelConfig:
     """A ModelConfig from a transformers Qwen3Config / Qwen3MoeConfig or its config.json as a dict."""
     model_type = _field(hf_config, "model_type")
     if model_type not in ("qwen3", "qwen3_moe"):
-        raise ValueError(f"model_type {model_type!r} is not supported: expected 'qwen3' or 'qwen3_moe'")
+        raise InputError(f"model_type {model_type!r} is not supported: expected 'qwen3' or 'qwen3_moe'")
     if _field(hf_config, "hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act={_field(hf_config, 'hidden_act')!r}: only SwiGLU (silu) is implemented")
+        raise InputError(f"hidden_act={_field(hf_config, 'hidden_act')!r}: only SwiGLU (silu) is implemented")
     if _field(hf_config, "use_sliding_window", False):
-        raise ValueError("use_sliding_window=True is not implemented: Qwen3 checkpoints use full attention")
+        raise InputError("use_sliding_window=True is not implemented: Qwen3 checkpoints use full attention")
     # transformers 5.x keeps rope_theta in rope_parameters; config.json files on the hub have
     # rope_theta and rope_scaling at the top level.
     rope = _field(hf_config, "rope_parameters") or _field(hf_config, "rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"RoPE scaling {rope} is not implemented: only the default rotary embedding is")
+        raise InputError(f"RoPE scaling {rope} is not implemented: only the default rotary embedding is")
     moe = model_type == "qwen3_moe"
     if moe and (_field(hf_config, "mlp_only_layers") or _field(hf_config, "decoder_sparse_step", 1) != 1):
-        raise ValueError("mixed dense/MoE layer stacks (mlp_only_layers, decoder_sparse_step != 1) are not "
+        raise InputError("mixed dense/MoE layer stacks (mlp_only_layers, decoder_sparse_step != 1) are not "
                          "implemented: every layer must be a MoE layer")
     fields = dict(
         vocab_size=_field(hf_config, "vocab_size"), hidden_size=_field(hf_config, "hidden_size"),
@@ -58,11 +60,46 @@ def config_from_transformers(hf_config) -> ModelConfig:
     if moe:
         # save_pretrained writes num_experts under its alias num_local_experts
         num_experts = _field(hf_config, "num_experts") or _field(hf_config, "num_local_experts")
-        fields.update(num_experts=num_experts, top_k=_field(hf_config, "num_experts_per_tok"),
+        fields.update(num_experts=num_experts, num_experts_per_tok=_field(hf_config, "num_experts_per_tok"),
                       expert_intermediate_size=_field(hf_config, "moe_intermediate_size"),
                       norm_topk_prob=_field(hf_config, "norm_topk_prob"),
                       router_aux_loss_coef=_field(hf_config, "router_aux_loss_coef"))
     return ModelConfig(**fields)
+
+
+def transformers_config(config: ModelConfig):
+    """The transformers config of the same architecture: Qwen3MoeConfig (or Qwen3Config if dense)."""
+    from transformers import Qwen3Config, Qwen3MoeConfig
+
+    if config.capacity_factor is not None:
+        raise InputError(f"capacity_factor={config.capacity_factor}: transformers' Qwen3-MoE is dropless and has no "
+                         f"expert capacity; set capacity_factor=None")
+    common = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                  intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+                  num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+                  head_dim=config.head_dim, max_position_embeddings=config.max_seq_len,
+                  rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+                  rms_norm_eps=config.rms_norm_eps, attention_bias=config.attention_bias,
+                  tie_word_embeddings=config.tie_embeddings, initializer_range=config.init_std)
+    if not config.use_moe:
+        return Qwen3Config(**common)
+    return Qwen3MoeConfig(**common, num_experts=config.num_experts, num_experts_per_tok=config.num_experts_per_tok,
+                          moe_intermediate_size=config.expert_intermediate_size,
+                          norm_topk_prob=config.norm_topk_prob, router_aux_loss_coef=config.router_aux_loss_coef,
+                          decoder_sparse_step=1, mlp_only_layers=[])
+
+
+def same_weights_pair(config: ModelConfig, seed: int = 0, device="cpu", dtype=torch.float32):
+    """(qwen_minimal model, transformers model) holding identical random weights, in eval mode: the pair the
+    benchmark and the GPU checks compare."""
+    from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    hf_class = Qwen3MoeForCausalLM if config.use_moe else Qwen3ForCausalLM
+    hf = hf_class(transformers_config(config)).to(device=device, dtype=dtype).eval()
+    # A copy: each model gets its own weights and, in the benchmark, its own optimizer.
+    ours = from_transformers(copy.deepcopy(hf)).to(device).eval()
+    return ours, hf
 
 
 def _expert_weights(hf_state: dict, layer: str, config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -76,7 +113,7 @@ def _expert_weights(hf_state: dict, layer: str, config: ModelConfig) -> dict[str
         return {name: torch.stack([hf_state.pop(f"{prefix}{e}.{name}.weight") for e in range(config.num_experts)])
                 for name in ("gate_proj", "up_proj", "down_proj")}
     except KeyError as err:
-        raise ValueError(f"expert weights for layer {layer} not found: expected {prefix}gate_up_proj or "
+        raise InputError(f"expert weights for layer {layer} not found: expected {prefix}gate_up_proj or "
                          f"{prefix}<e>.gate_proj.weight, missing {err}") from None
 
 
@@ -103,15 +140,15 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
             else:
                 source = TOP_LEVEL_RENAMES[name]
             if source not in hf_state:
-                raise ValueError(f"checkpoint has no tensor {source!r} (for qwen_minimal's {name!r})")
+                raise InputError(f"checkpoint has no tensor {source!r} (for qwen_minimal's {name!r})")
             tensor = hf_state.pop(source)
         if tensor.shape != shape:
-            raise ValueError(f"shape mismatch for {name}: checkpoint has {tuple(tensor.shape)}, "
+            raise InputError(f"shape mismatch for {name}: checkpoint has {tuple(tensor.shape)}, "
                              f"the config expects {tuple(shape)}")
         ours[name] = tensor
     leftover = sorted(k for k in hf_state if not k.endswith("rotary_emb.inv_freq"))
     if leftover:
-        raise ValueError(f"checkpoint tensors not used by qwen_minimal: {leftover[:8]}"
+        raise InputError(f"checkpoint tensors not used by qwen_minimal: {leftover[:8]}"
                          f"{' ...' if len(leftover) > 8 else ''}")
     return ours
 
@@ -143,7 +180,7 @@ def load_pretrained(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder / 'config.json'} not found: pass a checkpoint folder holding "
+        raise MissingInputError(f"{folder / 'config.json'} not found: pass a checkpoint folder holding "
                                 f"config.json and *.safetensors")
     hf_config = json.loads((folder / "config.json").read_text())
     config = config_from_transformers(hf_config)
@@ -151,7 +188,8 @@ def load_pretrained(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max
         config.max_seq_len = max_seq_len
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
-        raise FileNotFoundError(f"no *.safetensors files in {folder}")
+        raise MissingInputError(f"no *.safetensors files in {folder}: pass a checkpoint folder holding "
+                                f"config.json and *.safetensors")
     state = {}
     for shard in shards:
         state.update(load_file(shard))

@@ -1,6 +1,14 @@
 """A key/value cache preallocated to its maximum length and written in place (as in gpt-fast)."""
 import torch
 
+from .errors import InputError
+
+
+def kv_cache_bytes(config, length: int, batch_size: int = 1, bytes_per_element: int = 2) -> int:
+    """Memory of the keys and values of `batch_size` sequences of `length` tokens for a model of `config`
+    (a ModelConfig): two tensors per layer of batch * num_kv_heads * length * head_dim numbers."""
+    return 2 * config.num_layers * batch_size * config.num_kv_heads * length * config.head_dim * bytes_per_element
+
 
 class KVCache:
     """Keys and values of every layer for a batch of sequences that advance together.
@@ -23,7 +31,7 @@ class KVCache:
         c = model.config
         max_len = c.max_seq_len if max_len is None else max_len
         if max_len > c.max_seq_len:
-            raise ValueError(f"cache length {max_len} exceeds the model's max_seq_len={c.max_seq_len}")
+            raise InputError(f"cache length {max_len} exceeds the model's max_seq_len={c.max_seq_len}")
         p = model.embed.weight
         return cls(c.num_layers, batch_size, c.num_kv_heads, max_len, c.head_dim, p.dtype, p.device)
 
@@ -33,9 +41,9 @@ class KVCache:
 
     def check_room(self, batch_size: int, new_tokens: int) -> None:
         if batch_size != self.k[0].shape[0]:
-            raise ValueError(f"input batch {batch_size} does not match the cache's batch {self.k[0].shape[0]}")
+            raise InputError(f"input batch {batch_size} does not match the cache's batch {self.k[0].shape[0]}")
         if self.length + new_tokens > self.max_len:
-            raise ValueError(f"sequence length {self.length + new_tokens} exceeds the KV cache length "
+            raise InputError(f"sequence length {self.length + new_tokens} exceeds the KV cache length "
                              f"{self.max_len}: allocate a longer cache (max_len) or generate fewer tokens")
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +56,6 @@ class KVCache:
     def advance(self, new_tokens: int) -> None:
         """Called once per forward pass, after every layer has written its keys and values."""
         self.length += new_tokens
-
-    def reset(self) -> None:
-        self.length = 0
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

@@ -7,6 +7,7 @@ from torch import nn
 
 from .attention import Attention
 from .config import ModelConfig
+from .errors import InputError
 from .feed_forward import SwiGLU
 from .kv_cache import KVCache
 from .loss import cross_entropy
@@ -70,16 +71,34 @@ class QwenLM(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=self.config.init_std)
 
     def num_parameters(self, active: bool = False, include_embedding: bool = True) -> int:
-        """Parameter count; active=True counts only the top_k of num_experts experts a token uses."""
+        """Parameter count; active=True counts only the num_experts_per_tok of num_experts experts a token uses."""
         total = 0
         for name, p in self.named_parameters():  # a tied weight is listed once
             if not include_embedding and name in ("embed.weight", "lm_head.weight"):
                 continue
-            n = p.numel()
-            if active and ".experts." in name:
-                n = n * self.config.top_k // self.config.num_experts
-            total += n
+            total += self._active_numel(name, p) if active else p.numel()
         return total
+
+    def flops_per_token(self, context: int, training: bool = False) -> int:
+        """Floating-point operations of the matrix products for one token that attends to `context` positions.
+
+        Forward: 2 per active matrix weight (a multiply and an add: attention projections, the router, the
+        num_experts_per_tok experts a token visits, the LM head; not the embedding lookup or the norm gains)
+        plus the attention scores q k^T and the weighted sum of values, 2 * 2 * heads * head_dim per position,
+        in every layer. training=True: forward and backward, three times the forward (the backward computes two
+        products per forward one), the count of the PaLM paper's model FLOPs utilisation.
+        """
+        c = self.config
+        weights = sum(self._active_numel(name, p) for name, p in self.named_parameters()
+                      if p.dim() >= 2 and not (name == "embed.weight" and not c.tie_embeddings))
+        forward = 2 * weights + 4 * c.num_layers * c.num_heads * c.head_dim * context
+        return 3 * forward if training else forward
+
+    def _active_numel(self, name: str, p: nn.Parameter) -> int:
+        """Entries of p that one token uses: all, except for the experts, of which it uses k of E."""
+        if ".experts." in name:
+            return p.numel() * self.config.num_experts_per_tok // self.config.num_experts
+        return p.numel()
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> ModelOutput:
@@ -87,7 +106,8 @@ class QwenLM(nn.Module):
         tokens continue the cached sequence; their keys and values are appended to it."""
         x, routing = self.hidden_states(input_ids, cache)
         logits = self.lm_head(x)
-        aux_loss = load_balancing_loss([r.router_logits for r in routing], self.config.top_k) if routing else None
+        aux_loss = (load_balancing_loss([r.router_logits for r in routing], self.config.num_experts_per_tok)
+                    if routing else None)
         out = ModelOutput(logits, aux_loss, routing=routing or None)
         if targets is not None:
             out.lm_loss = cross_entropy(x, self.lm_head.weight, logits, targets)
@@ -135,10 +155,10 @@ class QwenLM(nn.Module):
         B, T = input_ids.shape
         total = T + max_new_tokens
         if total > self.config.max_seq_len:
-            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+            raise InputError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
                              f"max_seq_len={self.config.max_seq_len}: shorten one of them")
         if compile and not use_cache:
-            raise ValueError("compile=True compiles the one-token steps of cached decoding: set use_cache=True")
+            raise InputError("compile=True compiles the one-token steps of cached decoding: set use_cache=True")
         decoding_step = compiled_decoding_step(self) if compile else self.next_token_logits
         # inference_mode is no_grad without autograd's per-tensor bookkeeping: less overhead per operation.
         with torch.inference_mode():
@@ -169,13 +189,14 @@ def compiled_decoding_step(model: QwenLM):
     A one-token step is a few hundred small operations, each costing more in dispatch than in arithmetic;
     compiled, they become a few dozen fused loops. fullgraph=True: the whole step is one graph or an error.
     dynamic=True: the cache length is a symbol, so one compilation serves every position. On CPU the
-    compiled step also calls its kernels from C++ (cpp_wrapper) rather than from Python: about 0.3 ms less
-    per token for the bench-small shape. torch.compile keeps its compilations with the function's code, so
-    later calls, for this model or another of the same shapes, reuse them.
+    compiled step also calls its kernels from C++ (cpp_wrapper) rather than from Python, which saves the
+    Python overhead of every kernel launch, a large part of a small model's step. torch.compile keeps its
+    compilations with the function's code, so later calls, for this model or another of the same shapes,
+    reuse them.
     """
     on_cpu = model.lm_head.weight.device.type == "cpu"
     step = torch.compile(model.next_token_logits, dynamic=True, fullgraph=True,
                          options={"cpp_wrapper": True} if on_cpu else None)
     # The MoE looks up its chosen experts with .tolist(): traced as data (unknown integers), not a graph break.
-    # The setting is applied around every call (about 10 us) because any call may have to compile.
+    # The setting is applied around every call (cheap next to a step) because any call may have to compile.
     return torch._dynamo.config.patch(capture_scalar_outputs=True)(step)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .errors import InputError
 
 
 def count_per_expert(expert_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -31,18 +32,19 @@ class Routing(NamedTuple):
         return count_per_expert(self.expert_indices, self.router_logits.shape[-1])
 
 
-def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool = True):
-    """fp32 softmax over all experts -> the top-k -> optionally renormalised to sum to 1."""
+def route(router_logits: torch.Tensor, num_experts_per_tok: int, norm_topk_prob: bool = True):
+    """fp32 softmax over all experts -> the num_experts_per_tok most probable -> optionally renormalised to
+    sum to 1."""
     probs = torch.softmax(router_logits.float(), dim=-1)
-    weights, indices = probs.topk(top_k, dim=-1)
+    weights, indices = probs.topk(num_experts_per_tok, dim=-1)
     if norm_topk_prob:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, indices
 
 
-def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    """Slots per expert: capacity_factor times an even share of the num_tokens * top_k assignments."""
-    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+def expert_capacity(num_tokens: int, num_experts: int, num_experts_per_tok: int, capacity_factor: float) -> int:
+    """Slots per expert: capacity_factor times an even share of the num_tokens * num_experts_per_tok assignments."""
+    return math.ceil(capacity_factor * num_tokens * num_experts_per_tok / num_experts)
 
 
 def capacity_mask(expert_indices: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
@@ -61,19 +63,19 @@ def capacity_mask(expert_indices: torch.Tensor, num_experts: int, capacity: int)
     return (queue_position < capacity).view(k, N).t()
 
 
-def load_balancing_loss(router_logits: torch.Tensor | list[torch.Tensor], top_k: int) -> torch.Tensor:
+def load_balancing_loss(router_logits: torch.Tensor | list[torch.Tensor], num_experts_per_tok: int) -> torch.Tensor:
     """Switch-Transformer auxiliary loss, exactly as transformers' `load_balancing_loss_func`.
 
-    E * sum_e f_e * P_e, where f_e is the fraction of tokens that chose expert e among their top-k and
+    E * sum_e f_e * P_e, where f_e is the fraction of tokens that chose expert e among their k and
     P_e the mean router probability of e. A list of per-layer logits is concatenated first (the
     transformers convention: one loss over all layers' tokens, not a mean of per-layer losses).
-    Its minimum, under perfectly uniform routing, is top_k.
+    Its minimum, under perfectly uniform routing, is k = num_experts_per_tok.
     """
     if isinstance(router_logits, (list, tuple)):
         router_logits = torch.cat(list(router_logits), dim=0)
     num_tokens, num_experts = router_logits.shape
     probs = torch.softmax(router_logits.float(), dim=-1)
-    chosen = probs.topk(top_k, dim=-1).indices
+    chosen = probs.topk(num_experts_per_tok, dim=-1).indices
     fraction_routed = count_per_expert(chosen, num_experts).float() / num_tokens
     return num_experts * (fraction_routed * probs.mean(dim=0)).sum()
 
@@ -84,11 +86,11 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor)
     return F.grouped_mm(rows, weight.transpose(1, 2), offs=ends)
 
 
-def grouped_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype in which the experts can run as one F.grouped_mm per projection (PyTorch >= 2.10), or None
-    where they cannot and run one after the other. On CPU it runs in any dtype, but torch.compile does not
-    trace it there. On CUDA it needs bf16 (autocast's dtype, if autocast is on) and an Ampere or newer
-    card; torch.compile traces it. grouped_mm does not autocast by itself: the caller casts to this dtype."""
+def grouped_mm_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which the experts can run on rows like x as one F.grouped_mm per projection (PyTorch >= 2.10),
+    or None where they cannot. On CPU it runs in any dtype, but torch.compile does not trace it there. On CUDA
+    it needs bf16 (autocast's dtype, if autocast is on) and an Ampere or newer card, and torch.compile traces
+    it into the graph. grouped_mm does not autocast by itself: the caller casts to this dtype."""
     if not hasattr(F, "grouped_mm"):
         return None
     if x.device.type == "cpu":
@@ -101,8 +103,19 @@ def grouped_dtype(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+EXPERT_PATHS = ("auto", "grouped", "loop")
+
+
 class Experts(nn.Module):
-    """E SwiGLU networks stored as stacked weights, [E, out, in] like nn.Linear's, drawn from Normal(0, init_std)."""
+    """E SwiGLU networks stored as stacked weights, [E, out, in] like nn.Linear's, drawn from Normal(0, init_std).
+
+    `path` chooses how a batch of tokens runs through them (the results agree up to rounding):
+      "grouped"  one F.grouped_mm per projection over the rows sorted by expert (see grouped_mm_dtype for
+                 where it runs; elsewhere choosing it is an error);
+      "loop"     one expert after another on its block of rows, which needs the block sizes on the host: a
+                 device sync and, under torch.compile, a graph break per layer on a GPU;
+      "auto"     (the default) grouped where it runs, else the loop.
+    """
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, init_std: float = 0.02):
         super().__init__()
@@ -111,6 +124,7 @@ class Experts(nn.Module):
         self.gate_proj = normal(num_experts, intermediate_size, hidden_size)
         self.up_proj = normal(num_experts, intermediate_size, hidden_size)
         self.down_proj = normal(num_experts, hidden_size, intermediate_size)
+        self.path = "auto"
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e applied to the rows of x."""
@@ -136,7 +150,7 @@ class Experts(nn.Module):
         token, weight = order // k, expert_weights.reshape(-1)[order]
         tokens_per_expert = count_per_expert(expert[order], self.gate_proj.shape[0])
         rows = x[token]
-        dtype = grouped_dtype(rows)
+        dtype = self.grouped_dtype(rows)
         if dtype is not None:  # every expert on its block of rows in one call per projection
             ends = tokens_per_expert.cumsum(0, dtype=torch.int32)  # stays on the device: no sync, no graph break
             gate, up, down = (w.to(dtype) for w in (self.gate_proj, self.up_proj, self.down_proj))
@@ -155,13 +169,27 @@ class Experts(nn.Module):
         out = x.new_zeros(N * k, x.shape[1]).index_copy_(0, order, (out * weight[:, None]).to(x.dtype))
         return out.view(N, k, -1).sum(dim=1)
 
+    def grouped_dtype(self, rows: torch.Tensor) -> torch.dtype | None:
+        """The dtype of the grouped path for these rows, or None for the loop, as `path` says."""
+        if self.path not in EXPERT_PATHS:
+            raise InputError(f"Experts.path={self.path!r}: choose one of {EXPERT_PATHS}")
+        if self.path == "loop":
+            return None
+        dtype = grouped_mm_dtype(rows)
+        if dtype is None and self.path == "grouped":
+            raise InputError(f"Experts.path='grouped', but F.grouped_mm cannot run here ({rows.device.type}, "
+                             f"{rows.dtype}, compiling: {torch.compiler.is_compiling()}); see grouped_mm_dtype. "
+                             f"Use path='auto' or 'loop'")
+        return dtype
+
 
 class MoE(nn.Module):
-    """Route each token to its top-k experts and mix their outputs by the router's weights."""
+    """Route each token to its num_experts_per_tok most probable experts and mix their outputs by the router's
+    weights."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.top_k, self.norm_topk_prob = config.top_k, config.norm_topk_prob
+        self.num_experts_per_tok, self.norm_topk_prob = config.num_experts_per_tok, config.norm_topk_prob
         self.num_experts, self.capacity_factor = config.num_experts, config.capacity_factor
         self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
         self.experts = Experts(config.num_experts, config.hidden_size, config.expert_intermediate_size,
@@ -170,16 +198,17 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        # The router runs in fp32 even in a bf16 model: small logit errors flip top-k choices. Under
-        # autocast, F.linear would compute in bf16 whatever its inputs, so autocast is switched off here
-        # (only when it is on: entering the context costs more than the router itself when decoding).
+        # The router runs in fp32 even in a bf16 model: small logit errors flip top-k choices. (transformers'
+        # Qwen3-MoE computes this product in the model's dtype and only the softmax in fp32; in fp32 models the
+        # two agree.) Under autocast, F.linear would compute in bf16 whatever its inputs, so autocast is switched
+        # off here, only when it is on: entering the context costs more than the router itself when decoding.
         autocast = torch.is_autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
             router_logits = F.linear(x.float(), self.router.weight.float())
-        weights, indices = route(router_logits, self.top_k, self.norm_topk_prob)
+        weights, indices = route(router_logits, self.num_experts_per_tok, self.norm_topk_prob)
         kept = None
         if self.capacity_factor is not None:
-            capacity = expert_capacity(x.shape[0], self.num_experts, self.top_k, self.capacity_factor)
+            capacity = expert_capacity(x.shape[0], self.num_experts, self.num_experts_per_tok, self.capacity_factor)
             kept = capacity_mask(indices, self.num_experts, capacity)
         y = self.experts(x, indices, weights.to(x.dtype), kept)
         return y.view(shape), Routing(router_logits, indices, weights, kept)

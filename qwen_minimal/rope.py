@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from .errors import InputError
+
 
 def rope_frequencies(head_dim: int, theta: float) -> torch.Tensor:
     """The head_dim / 2 angular frequencies theta^(-2i / head_dim), fastest first."""
@@ -34,6 +36,6 @@ class RotaryEmbedding(nn.Module):
     def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for positions start .. start + length - 1, each [length, head_dim]."""
         if start + length > self.cos.shape[0]:
-            raise ValueError(f"positions up to {start + length} exceed max_seq_len={self.cos.shape[0]}: "
+            raise InputError(f"positions up to {start + length} exceed max_seq_len={self.cos.shape[0]}: "
                              f"shorten the input or build the model with a larger max_seq_len")
         return self.cos[start:start + length], self.sin[start:start + length]

@@ -31,33 +31,36 @@ def _placeholder(message: str, figsize) -> Figure:
 def image_slider_explorer(
     render: Callable[[int, int], Figure],
     experts: Sequence[int],
-    top_k: Sequence[int],
+    experts_per_token: Sequence[int],
     *,
     initial: tuple[int, int] | None = None,
     dpi: int = 80,
 ) -> widgets.VBox:
-    """Two sliders (number of experts, top-k) choosing among figures `render(num_experts, k)`.
+    """Two sliders (number of experts, experts per token k) choosing among figures `render(num_experts, k)`.
 
     `render` is called once per pair with k <= num_experts and must return a new matplotlib Figure
     of the same size every time, laid out so that its labels fit (layout="constrained" or
     subplots_adjust); pairs with k > num_experts show a note instead. `initial` is the
     (num_experts, k) pair shown first (default: the middle of each range). Display the returned widget
-    as the last expression of a cell. Cost: len(experts) * len(top_k) PNGs stored in the notebook,
-    so keep the grid small (tens of images) and `dpi` modest.
+    as the last expression of a cell. Cost: len(experts) * len(experts_per_token) PNGs stored in the
+    notebook, so keep the grid small (tens of images) and `dpi` modest.
     """
-    experts, top_k = list(experts), list(top_k)
-    if not experts or not top_k:
-        raise ValueError("image_slider_explorer needs at least one value in `experts` and in `top_k`")
-    if min(experts) < 1 or min(top_k) < 1:
-        raise ValueError(f"experts and top_k must be positive integers, got {experts} and {top_k}")
+    experts, experts_per_token = list(experts), list(experts_per_token)
+    if not experts or not experts_per_token:
+        raise ValueError("image_slider_explorer needs at least one value in `experts` and in "
+                         "`experts_per_token`")
+    if min(experts) < 1 or min(experts_per_token) < 1:
+        raise ValueError(f"experts and experts_per_token must be positive integers, got {experts} and "
+                         f"{experts_per_token}")
     if initial is None:
-        initial = (experts[len(experts) // 2], top_k[len(top_k) // 2])
-    if initial[0] not in experts or initial[1] not in top_k:
-        raise ValueError(f"initial={initial} must be a pair from experts={experts} and top_k={top_k}")
+        initial = (experts[len(experts) // 2], experts_per_token[len(experts_per_token) // 2])
+    if initial[0] not in experts or initial[1] not in experts_per_token:
+        raise ValueError(f"initial={initial} must be a pair from experts={experts} and "
+                         f"experts_per_token={experts_per_token}")
 
     pngs, figsize = {}, None
     for num_experts in experts:
-        for k in top_k:
+        for k in experts_per_token:
             if k <= num_experts:
                 fig = render(num_experts, k)
                 if not isinstance(fig, Figure):
@@ -66,32 +69,33 @@ def image_slider_explorer(
                 figsize = figsize or tuple(fig.get_size_inches())
                 pngs[num_experts, k] = figure_to_png(fig, dpi)
     if not pngs:
-        raise ValueError(f"no pair with top_k <= number of experts in experts={experts}, top_k={top_k}")
+        raise ValueError(f"no pair with experts_per_token <= number of experts in experts={experts}, "
+                         f"experts_per_token={experts_per_token}")
     for num_experts in experts:
-        for k in top_k:
+        for k in experts_per_token:
             if k > num_experts:
-                note = f"top-k = {k} > {num_experts} experts:\na token cannot choose more experts than exist"
+                note = f"k = {k} > {num_experts} experts:\na token cannot choose more experts than exist"
                 pngs[num_experts, k] = figure_to_png(_placeholder(note, figsize), dpi)
 
     look = dict(style={"description_width": "170px"}, layout=widgets.Layout(width="480px"))
     experts_slider = widgets.SelectionSlider(options=experts, value=initial[0],
                                              description="number of experts", **look)
-    top_k_slider = widgets.SelectionSlider(options=top_k, value=initial[1],
-                                           description="top-k (experts per token)", **look)
+    per_token_slider = widgets.SelectionSlider(options=experts_per_token, value=initial[1],
+                                               description="experts per token (k)", **look)
     if not hasattr(widgets, "Stack"):  # ipywidgets 7 (Colab's default): needs the kernel to swap images
         image = widgets.Image(value=pngs[initial], format="png")
 
         def show(_change):
-            image.value = pngs[experts_slider.value, top_k_slider.value]
+            image.value = pngs[experts_slider.value, per_token_slider.value]
         experts_slider.observe(show, "value")
-        top_k_slider.observe(show, "value")
-        return widgets.VBox([experts_slider, top_k_slider, image])
+        per_token_slider.observe(show, "value")
+        return widgets.VBox([experts_slider, per_token_slider, image])
 
-    rows = [widgets.Stack([widgets.Image(value=pngs[e, k], format="png") for k in top_k],
-                          selected_index=top_k.index(initial[1])) for e in experts]
+    rows = [widgets.Stack([widgets.Image(value=pngs[e, k], format="png") for k in experts_per_token],
+                          selected_index=experts_per_token.index(initial[1])) for e in experts]
     grid = widgets.Stack(rows, selected_index=experts.index(initial[0]))
     # jslink, not observe: the link lives in the browser, so it also works in the static book.
     widgets.jslink((experts_slider, "index"), (grid, "selected_index"))
     for row in rows:
-        widgets.jslink((top_k_slider, "index"), (row, "selected_index"))
-    return widgets.VBox([experts_slider, top_k_slider, grid])
+        widgets.jslink((per_token_slider, "index"), (row, "selected_index"))
+    return widgets.VBox([experts_slider, per_token_slider, grid])

@@ -1,32 +1,34 @@
 """The benchmark CLI at a tiny shape, and the same-weights setup it rests on (no timing assertions)."""
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from qwen_minimal import ModelConfig, config_from_transformers
-from qwen_minimal.bench import SHAPES, hf_config_from, main, same_weights_pair
-from qwen_minimal.interop import convert_state_dict
+from qwen_minimal import InputError, config_from_transformers
+from qwen_minimal.bench import main, shape_config
+from qwen_minimal.interop import convert_state_dict, same_weights_pair, transformers_config
 
-TINY = ModelConfig(**SHAPES["tiny"])
-MOE_ONLY_FIELDS = {"num_experts", "top_k", "expert_intermediate_size", "norm_topk_prob", "router_aux_loss_coef"}
+TINY = shape_config("tiny")
+MOE_ONLY_FIELDS = {"num_experts", "num_experts_per_tok", "expert_intermediate_size", "norm_topk_prob",
+                   "router_aux_loss_coef"}
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(tie_embeddings=True, top_k=1), dict(use_moe=False)],
+@pytest.mark.parametrize("overrides", [{}, dict(tie_embeddings=True, num_experts_per_tok=1), dict(use_moe=False)],
                          ids=["moe", "tied top-1", "dense"])
 def test_hf_config_maps_back_to_the_same_model_config(overrides):
-    config = ModelConfig(**{**SHAPES["tiny"], **overrides})
+    config = dataclasses.replace(TINY, **overrides)
     ignored = set() if config.use_moe else MOE_ONLY_FIELDS  # a dense transformers config has no experts
 
     def fields(c):
         return {k: v for k, v in c.to_dict().items() if k not in ignored}
 
-    assert fields(config_from_transformers(hf_config_from(config))) == fields(config)
+    assert fields(config_from_transformers(transformers_config(config))) == fields(config)
 
 
 def test_hf_config_refuses_capacity_factor():
-    with pytest.raises(ValueError, match="capacity_factor"):
-        hf_config_from(ModelConfig(**SHAPES["tiny"], capacity_factor=1.0))
+    with pytest.raises(InputError, match="capacity_factor"):
+        transformers_config(dataclasses.replace(TINY, capacity_factor=1.0))
 
 
 def test_same_weights_pair_decodes_the_same_greedy_tokens():
@@ -78,8 +80,9 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-def test_cli_rejects_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit, match="new_tokens"):
-        main(["--shape", "tiny", "--new_tokens", "1", "--out_dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="max_seq_len"):
-        main(["--shape", "tiny", "--new_tokens", "500", "--out_dir", str(tmp_path)])
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    for argv, message in ((["--new_tokens", "1"], "new_tokens must be at least 2"),
+                          (["--new_tokens", "500"], "max_seq_len=128")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--shape", "tiny", *argv, "--out_dir", str(tmp_path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

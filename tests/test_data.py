@@ -1,35 +1,16 @@
-"""qwen_minimal.data: ids equal the GPT-2 tokenizer's, the cache is reused, blocks are shifted pairs,
-bad input fails fast with a clear error, and the offline demo fallback works. Runs offline."""
-import os
+"""qwen_minimal.data: ids equal the tokenizer's own on the whole files, the cache is reused, blocks are shifted
+pairs, bad input fails fast with a clear error, and the offline demo fallback works. Runs offline, on the
+corpus and tokenizer of the fixtures (conftest.py): the shared WikiText sample and GPT-2's tokenizer where the
+machine has them, else a WikiText-format corpus and a byte-level BPE made from Python's help text."""
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2TokenizerFast
 
-from qwen_minimal import data
-from qwen_minimal.data import load_corpus, load_tokenizer, random_blocks, sequential_blocks
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def shared_path(var: str, default: Path) -> Path:
-    """The offline stand-in named by `var` (set by the Makefile and .ci/run), else ../shared beside the repo."""
-    path = Path(os.environ.get(var) or default)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: set {var} (see the Makefile) or put the project's "
-                                f"shared folder at {SHARED}")
-    return path
-
-
-def data_dir() -> Path:
-    return shared_path("QWEN_MINIMAL_DATA", SHARED / "data" / "wikitext-2")
-
-
-def tokenizer_dir() -> Path:
-    return shared_path("QWEN_MINIMAL_TOKENIZER", SHARED / "tokenizers" / "gpt2")
+from qwen_minimal.data import DemoDataWarning, load_corpus, load_tokenizer, random_blocks, sequential_blocks
+from qwen_minimal.data import text, token_cache
+from qwen_minimal.errors import InputError, MissingInputError
 
 
 @pytest.fixture(autouse=True)
@@ -38,35 +19,48 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
+def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")
-def corpus(cache):
-    return load_corpus(data_dir(), tokenizer_dir(), cache_dir=cache)
+def corpus(cache, text_folder, tokenizer_folder):
+    return load_corpus(text_folder, tokenizer_folder, cache_dir=cache)
 
 
-def test_ids_equal_gpt2_tokenizer_on_the_whole_files(corpus):
-    reference = GPT2TokenizerFast.from_pretrained(tokenizer_dir())
+@pytest.fixture(scope="module")
+def tok(tokenizer_folder):
+    return load_tokenizer(tokenizer_folder)
+
+
+def test_ids_equal_the_tokenizers_own_on_the_whole_files(corpus, tok, text_folder):
     # The folder has no train file: valid.txt is the training text and test.txt the validation text.
-    train_text = (data_dir() / "valid.txt").read_text(encoding="utf-8")
-    np.testing.assert_array_equal(corpus.train, reference(train_text)["input_ids"])
+    train_text = (text_folder / "valid.txt").read_text(encoding="utf-8")
+    np.testing.assert_array_equal(corpus.train, tok(train_text)["input_ids"])
     # A prefix of whole lines is enough for the second file (tokenizing it all would double the test's time).
-    head = "".join((data_dir() / "test.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:500])
-    expected = reference(head)["input_ids"]
+    head = "".join((text_folder / "test.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:500])
+    expected = tok(head)["input_ids"]
     np.testing.assert_array_equal(corpus.validation[:len(expected)], expected)
-    assert corpus.train.dtype == np.uint16 and corpus.vocab_size == len(reference) == 50257
+    assert corpus.train.dtype == np.uint16 and corpus.vocab_size == len(tok)
     assert "training on valid.txt and validating on test.txt" in corpus.source
+    assert not corpus.demo_text and not corpus.demo_tokenizer
 
 
-def test_second_load_reuses_the_cache_and_honours_the_env_vars(corpus, cache, monkeypatch):
+def test_gpt2_tokenizer_has_gpt2s_vocabulary_and_end_of_text(gpt2_tokenizer):
+    assert len(gpt2_tokenizer) == 50257 and gpt2_tokenizer.eos_token == "<|endoftext|>"
+    assert gpt2_tokenizer.eos_token_id == 50256
+    assert gpt2_tokenizer(" The quick brown fox \n")["input_ids"] == [383, 2068, 7586, 21831, 220, 198]
+    assert token_cache.id_dtype(gpt2_tokenizer) == np.uint16  # 50,257 ids fit in 16 bits
+
+
+def test_second_load_reuses_the_cache_and_honours_the_env_vars(corpus, cache, monkeypatch, text_folder,
+                                                               tokenizer_folder):
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("the cached ids should have been reused")
 
-    monkeypatch.setattr(data, "tokenize_lines", no_tokenizing)
-    monkeypatch.setenv("QWEN_MINIMAL_DATA", str(data_dir()))
-    monkeypatch.setenv("QWEN_MINIMAL_TOKENIZER", str(tokenizer_dir()))
+    monkeypatch.setattr(token_cache, "tokenize_lines", no_tokenizing)
+    monkeypatch.setenv("QWEN_MINIMAL_DATA", str(text_folder))
+    monkeypatch.setenv("QWEN_MINIMAL_TOKENIZER", str(tokenizer_folder))
     monkeypatch.setenv("QWEN_MINIMAL_CACHE", str(cache))
     again = load_corpus()
     assert again.train.filename == corpus.train.filename
@@ -74,20 +68,18 @@ def test_second_load_reuses_the_cache_and_honours_the_env_vars(corpus, cache, mo
     np.testing.assert_array_equal(again.train, corpus.train)
 
 
-def test_edited_file_is_tokenized_again(tmp_path):
-    tok = load_tokenizer(tokenizer_dir())
+def test_edited_file_is_tokenized_again(tmp_path, tok):
     (tmp_path / "train.txt").write_text(" Hello world \n = Heading = \n")
     (tmp_path / "valid.txt").write_text(" The quick brown fox \n")
     first = load_corpus(tmp_path, tok, cache_dir=tmp_path / "cache")
-    np.testing.assert_array_equal(first.validation, [383, 2068, 7586, 21831, 220, 198])
+    np.testing.assert_array_equal(first.validation, tok(" The quick brown fox \n")["input_ids"])
     (tmp_path / "valid.txt").write_text(" Hello world \n")
     second = load_corpus(tmp_path, tok, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(second.validation, tok(" Hello world \n")["input_ids"])
     np.testing.assert_array_equal(second.train, first.train)
 
 
-def test_plain_text_files_hold_out_their_last_lines(tmp_path):
-    tok = load_tokenizer(tokenizer_dir())
+def test_plain_text_files_hold_out_their_last_lines(tmp_path, tok):
     lines = [f" line {i} of some text .\n" for i in range(40)]
     (tmp_path / "a.txt").write_text("".join(lines[:25]))
     (tmp_path / "b.txt").write_text("".join(lines[25:]))
@@ -97,14 +89,15 @@ def test_plain_text_files_hold_out_their_last_lines(tmp_path):
     assert "a.txt, b.txt" in corpus.source
 
 
-def test_hub_corpus_is_cached_and_then_used_offline(tmp_path, monkeypatch):
+def test_hub_corpus_is_cached_and_then_used_offline(tmp_path, monkeypatch, tok):
+    from qwen_minimal.data import corpus as corpus_module
+
     for var in ("QWEN_MINIMAL_DATA", "QWEN_MINIMAL_CACHE"):
         monkeypatch.delenv(var, raising=False)
-    tok = load_tokenizer(tokenizer_dir())
     # A stand-in for the hub: rows as the datasets library gives WikiText (blank lines are empty strings).
     rows = {"train": [" = Cats = \n", "", " The cat sat on the mat .\n"], "validation": [" The dog ran .\n"]}
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=1.5: True)
-    monkeypatch.setattr(data, "_hub_lines", lambda config, split: rows[split])
+    monkeypatch.setattr(corpus_module, "hub_reachable", lambda timeout=1.5: True)
+    monkeypatch.setattr(text, "hub_lines", lambda config, split: rows[split])
     online = load_corpus(tokenizer=tok, cache_dir=tmp_path)
     assert online.source.startswith("Salesforce/wikitext wikitext-103-v1")
     np.testing.assert_array_equal(online.train, tok("".join(rows["train"]))["input_ids"])
@@ -112,8 +105,8 @@ def test_hub_corpus_is_cached_and_then_used_offline(tmp_path, monkeypatch):
     def no_hub(config, split):
         raise AssertionError("the cached ids should have been used")
 
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=1.5: False)
-    monkeypatch.setattr(data, "_hub_lines", no_hub)
+    monkeypatch.setattr(corpus_module, "hub_reachable", lambda timeout=1.5: False)
+    monkeypatch.setattr(text, "hub_lines", no_hub)
     offline = load_corpus(tokenizer=tok, cache_dir=tmp_path)  # nothing asked, hub down: WikiText from the cache
     assert offline.train.filename == online.train.filename and offline.source.startswith("Salesforce/wikitext")
 
@@ -154,28 +147,29 @@ def fails_fast(error, match, call):
     assert time.monotonic() - start < 2.0
 
 
-def test_bad_input_fails_fast_with_a_clear_error(tmp_path):
-    tok = load_tokenizer(tokenizer_dir())
+def test_bad_input_fails_fast_with_a_clear_error(tmp_path, tok):
     cache = tmp_path / "cache"
-    fails_fast(FileNotFoundError, "no file or folder at .*QWEN_MINIMAL_DATA",
+    fails_fast(MissingInputError, "no file or folder at .*QWEN_MINIMAL_DATA",
                lambda: load_corpus(tmp_path / "missing", tok, cache_dir=cache))
     (tmp_path / "empty").mkdir()
-    fails_fast(ValueError, "no usable text files", lambda: load_corpus(tmp_path / "empty", tok, cache_dir=cache))
+    fails_fast(InputError, "no usable text files", lambda: load_corpus(tmp_path / "empty", tok, cache_dir=cache))
     (tmp_path / "empty" / "train.txt").write_text("")
-    fails_fast(ValueError, "train.txt is empty", lambda: load_corpus(tmp_path / "empty", tok, cache_dir=cache))
-    fails_fast(FileNotFoundError, "hub dataset 'wikitext-103-v1' was asked for.*unreachable",
+    fails_fast(InputError, "train.txt is empty", lambda: load_corpus(tmp_path / "empty", tok, cache_dir=cache))
+    fails_fast(MissingInputError, "hub dataset 'wikitext-103-v1' was asked for.*unreachable",
                lambda: load_corpus("wikitext-103-v1", tok, cache_dir=cache))
-    fails_fast(FileNotFoundError, "would come from the hub.*unreachable",
+    fails_fast(MissingInputError, "would come from the hub.*unreachable",
                lambda: load_tokenizer("qwen-minimal/no-such-tokenizer"))
+    fails_fast(MissingInputError, "no tokenizer files", lambda: load_tokenizer(tmp_path / "empty"))
 
 
 def test_offline_demo_fallback_is_announced(tmp_path, monkeypatch):
     for var in ("QWEN_MINIMAL_DATA", "QWEN_MINIMAL_TOKENIZER", "QWEN_MINIMAL_CACHE"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.warns(UserWarning, match="OFFLINE DEMO"):
+    with pytest.warns(DemoDataWarning, match="OFFLINE DEMO") as warned:
         corpus = load_corpus(cache_dir=tmp_path)
-    assert corpus.source.startswith("OFFLINE DEMO")
-    lines = data.demo_text().splitlines(keepends=True)
+    assert len(warned) == 1  # one announcement for the demo text and the demo tokenizer together
+    assert corpus.source.startswith("OFFLINE DEMO") and corpus.demo_text and corpus.demo_tokenizer
+    lines = text.demo_text().splitlines(keepends=True)
     # The held-out text decodes back to the demo text's last lines: the pipeline loses nothing.
     assert corpus.tokenizer.decode(corpus.validation) == "".join(lines[len(lines) - len(lines) // 10:])
     assert len(corpus.train) > 50_000 and int(corpus.train.max()) < corpus.vocab_size

@@ -15,7 +15,7 @@ from qwen_minimal.rope import RotaryEmbedding, apply_rope
 
 def tiny(**overrides) -> ModelConfig:
     fields = dict(vocab_size=101, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                  max_seq_len=96, num_experts=5, top_k=2, expert_intermediate_size=32, intermediate_size=64,
+                  max_seq_len=96, num_experts=5, num_experts_per_tok=2, expert_intermediate_size=32, intermediate_size=64,
                   init_std=0.1)
     return ModelConfig(**{**fields, **overrides})
 
@@ -187,7 +187,7 @@ def moe_layer(**overrides) -> MoE:
 
 
 def test_moe_with_all_experts_is_router_weighted_sum_of_every_expert():
-    layer = moe_layer(num_experts=5, top_k=5)
+    layer = moe_layer(num_experts=5, num_experts_per_tok=5)
     x = torch.randn(2, 9, 48)
     y, routing = layer(x)
     probs = torch.softmax(x.reshape(-1, 48) @ layer.router.weight.T, dim=-1)
@@ -197,7 +197,7 @@ def test_moe_with_all_experts_is_router_weighted_sum_of_every_expert():
 
 def test_one_token_alone_gets_the_same_output_as_within_a_batch():
     # A single token takes a direct path through its k experts; the batched path sorts and groups rows.
-    layer = moe_layer(num_experts=5, top_k=2)
+    layer = moe_layer(num_experts=5, num_experts_per_tok=2)
     x = torch.randn(9, 48)
     batched, routing = layer(x)
     for i in range(9):
@@ -213,7 +213,7 @@ def test_standalone_moe_is_initialised_from_init_std():
 
 
 def test_tokens_per_expert_sum_to_tokens_times_k():
-    m = model(num_experts=7, top_k=3)
+    m = model(num_experts=7, num_experts_per_tok=3)
     out = m(torch.randint(0, 101, (2, 13)))
     counts = out.tokens_per_expert
     assert counts.shape == (2, 7)
@@ -273,7 +273,7 @@ def test_capacity_drops_exactly_the_overflow_in_service_order():
 
 
 def test_capacity_in_the_layer_zeroes_dropped_assignments():
-    layer = moe_layer(num_experts=4, top_k=2, capacity_factor=0.5)
+    layer = moe_layer(num_experts=4, num_experts_per_tok=2, capacity_factor=0.5)
     x = torch.randn(1, 16, 48)
     y, routing = layer(x)
     capacity = expert_capacity(16, 4, 2, 0.5)
@@ -288,7 +288,7 @@ def test_capacity_in_the_layer_zeroes_dropped_assignments():
                 e = routing.expert_indices[t, j].item()
                 expected[t] += routing.expert_weights[t, j] * layer.experts.expert(e, flat[t:t + 1])[0]
     torch.testing.assert_close(y.reshape(-1, 48), expected, atol=1e-5, rtol=1e-5)
-    dropless, _ = moe_layer(num_experts=4, top_k=2)(x)
+    dropless, _ = moe_layer(num_experts=4, num_experts_per_tok=2)(x)
     assert not torch.allclose(dropless, y)
 
 
@@ -297,16 +297,16 @@ def test_parameter_counts():
     c = m.config
     expert = 3 * c.hidden_size * c.expert_intermediate_size
     assert m.num_parameters() == sum(p.numel() for p in m.parameters())
-    assert m.num_parameters() - m.num_parameters(active=True) == c.num_layers * (c.num_experts - c.top_k) * expert
+    assert m.num_parameters() - m.num_parameters(active=True) == c.num_layers * (c.num_experts - c.num_experts_per_tok) * expert
 
 
 @pytest.mark.parametrize("fields, fix", [
     (dict(hidden_size=50, num_heads=4, head_dim=None), "not divisible by num_heads"),
     (dict(num_heads=6, num_kv_heads=4), "divisors of num_heads"),
-    (dict(num_experts=4, top_k=5), "lower top_k or add experts"),
+    (dict(num_experts=4, num_experts_per_tok=5), "fewer experts or add experts"),
     (dict(head_dim=15), "must be even"),
     (dict(capacity_factor=0.0), "None for dropless"),
-    (dict(num_layers=0), "positive integer"),
+    (dict(num_layers=0), "num_layers must be at least 1"),
 ])
 def test_bad_configs_raise_value_error_naming_the_fix(fields, fix):
     with pytest.raises(ValueError, match=fix):
@@ -316,7 +316,7 @@ def test_bad_configs_raise_value_error_naming_the_fix(fields, fix):
 def test_presets_and_unknown_fields():
     big = ModelConfig.preset("wikitext103")
     assert (big.num_layers, big.hidden_size, big.num_heads, big.num_kv_heads, big.head_dim) == (6, 768, 16, 4, 48)
-    assert (big.num_experts, big.top_k, big.expert_intermediate_size, big.vocab_size) == (8, 2, 3072, 50257)
+    assert (big.num_experts, big.num_experts_per_tok, big.expert_intermediate_size, big.vocab_size) == (8, 2, 3072, 50257)
     assert not big.tie_embeddings and big.max_seq_len == 256
     assert ModelConfig.preset("cpu-tiny", num_layers=3).num_layers == 3
     with pytest.raises(ValueError, match="unknown model preset"):

@@ -8,10 +8,10 @@ from qwen_minimal.moe import load_balancing_loss
 from reference import hf_dense, hf_moe
 
 MOE_SHAPES = {  # head_dim differs from hidden / heads in all of them
-    "5 experts top-2": dict(num_experts=5, top_k=2),
-    "7 experts top-1": dict(num_experts=7, top_k=1, heads=6, kv_heads=3, head_dim=16),
-    "top-k = E = 3": dict(num_experts=3, top_k=3, heads=8, kv_heads=1, head_dim=8),
-    "tied, 3 layers": dict(num_experts=4, top_k=2, layers=3, tie=True, hidden=48, head_dim=32),
+    "5 experts top-2": dict(num_experts=5, num_experts_per_tok=2),
+    "7 experts top-1": dict(num_experts=7, num_experts_per_tok=1, heads=6, kv_heads=3, head_dim=16),
+    "top-k = E = 3": dict(num_experts=3, num_experts_per_tok=3, heads=8, kv_heads=1, head_dim=8),
+    "tied, 3 layers": dict(num_experts=4, num_experts_per_tok=2, layers=3, tie=True, hidden=48, head_dim=32),
 }
 DENSE_SHAPES = {
     "tied": dict(),
@@ -49,7 +49,7 @@ def test_moe_logits_routing_and_aux_loss_match_transformers(shape):
     torch.testing.assert_close(got_full.aux_loss, expected.aux_loss, atol=1e-6, rtol=0)
     # transformers shifts labels inside; we pass shifted targets. Same loss, aux loss included.
     hf_aux_on_shifted = load_balancing_loss_func(tuple(r.router_logits for r in got.routing),
-                                                 shape["num_experts"], shape["top_k"])
+                                                 shape["num_experts"], shape["num_experts_per_tok"])
     torch.testing.assert_close(got.aux_loss, hf_aux_on_shifted, atol=1e-6, rtol=0)
     lm_loss = expected.loss - hf.config.router_aux_loss_coef * expected.aux_loss
     torch.testing.assert_close(got.lm_loss, lm_loss, atol=1e-5, rtol=0)
@@ -66,23 +66,23 @@ def test_dense_logits_match_transformers(shape):
 
 
 def test_aux_loss_convention_and_uniform_value():
-    """One loss over all layers' tokens concatenated (transformers' convention); top_k under uniform routing."""
+    """One loss over all layers' tokens concatenated (transformers' convention); k under uniform routing."""
     layers = [torch.randn(30, 6), torch.randn(30, 6) * 3]
     expected = load_balancing_loss_func(tuple(layers), 6, 2)
-    torch.testing.assert_close(load_balancing_loss(layers, top_k=2), expected)
-    torch.testing.assert_close(load_balancing_loss(torch.cat(layers), top_k=2), expected)
-    mean_of_layers = sum(load_balancing_loss(l, top_k=2) for l in layers) / 2
+    torch.testing.assert_close(load_balancing_loss(layers, num_experts_per_tok=2), expected)
+    torch.testing.assert_close(load_balancing_loss(torch.cat(layers), num_experts_per_tok=2), expected)
+    mean_of_layers = sum(load_balancing_loss(l, num_experts_per_tok=2) for l in layers) / 2
     assert not torch.allclose(mean_of_layers, expected), "the two conventions should differ on skewed routing"
     for k in (1, 2, 3):
-        assert load_balancing_loss(torch.zeros(40, 6), top_k=k).item() == pytest.approx(k)
+        assert load_balancing_loss(torch.zeros(40, 6), num_experts_per_tok=k).item() == pytest.approx(k)
 
 
-@pytest.mark.parametrize("make_hf", [lambda: hf_moe(num_experts=3, top_k=3), lambda: hf_dense()],
+@pytest.mark.parametrize("make_hf", [lambda: hf_moe(num_experts=3, num_experts_per_tok=3), lambda: hf_dense()],
                          ids=["moe top-k = E", "dense"])
 def test_bf16_forward_within_bf16_tolerance(make_hf):
     """In bf16 a token whose top-k choice is a near tie can pick another expert in either implementation (our
     router runs in fp32, transformers' in bf16), which moves its logits by far more than rounding. With
-    top_k = E no discrete choice is left, so the comparison measures rounding alone."""
+    k = E no discrete choice is left, so the comparison measures rounding alone."""
     hf = make_hf()
     x = tokens()
     with torch.no_grad():
@@ -101,7 +101,7 @@ def test_bf16_forward_within_bf16_tolerance(make_hf):
     assert ours_error.mean() <= 1.5 * hf_error.mean()
 
 
-@pytest.mark.parametrize("make_hf", [lambda: hf_moe(num_experts=5, top_k=2), lambda: hf_dense()], ids=["moe", "dense"])
+@pytest.mark.parametrize("make_hf", [lambda: hf_moe(num_experts=5, num_experts_per_tok=2), lambda: hf_dense()], ids=["moe", "dense"])
 def test_greedy_generate_matches_transformers(make_hf):
     hf = make_hf()
     ours = qwen_minimal.from_transformers(hf).eval()
@@ -132,7 +132,7 @@ def test_from_transformers_rejects_mismatches():
 
 def test_load_pretrained_folder_roundtrip(tmp_path):
     """save_pretrained writes what a hub checkpoint folder holds: config.json + safetensors."""
-    hf = hf_moe(num_experts=4, top_k=2)
+    hf = hf_moe(num_experts=4, num_experts_per_tok=2)
     hf.save_pretrained(tmp_path)
     ours = qwen_minimal.load_pretrained(tmp_path, dtype=torch.float32).eval()
     x = tokens()

@@ -25,26 +25,26 @@ def test_every_pair_is_precomputed_and_linked_in_the_browser(monkeypatch):
         linked.add((source[0].model_id, source[1], target[0].model_id, target[1]))
         return real_jslink(source, target)
     monkeypatch.setattr(widgets, "jslink", recording_jslink)
-    box = image_slider_explorer(render, experts=[2, 4], top_k=[1, 2, 3], initial=(4, 2))
-    experts_slider, top_k_slider, grid = box.children
+    box = image_slider_explorer(render, experts=[2, 4], experts_per_token=[1, 2, 3], initial=(4, 2))
+    experts_slider, per_token_slider, grid = box.children
     assert sorted(calls) == [(2, 1), (2, 2), (4, 1), (4, 2), (4, 3)]   # (2, 3) is impossible: no render
-    assert (experts_slider.value, top_k_slider.value) == (4, 2)
+    assert (experts_slider.value, per_token_slider.value) == (4, 2)
     assert grid.selected_index == 1 and all(row.selected_index == 1 for row in grid.children)
     pngs = [bytes(image.value) for row in grid.children for image in row.children]
     assert len(pngs) == 6 and all(png.startswith(b"\x89PNG") for png in pngs)
     assert len(set(pngs)) == 6, "every slider position must show its own picture"
     # The sliders drive the stacks through browser-side links (jslink), which keep working without a kernel.
     assert (experts_slider.model_id, "index", grid.model_id, "selected_index") in linked
-    assert all((top_k_slider.model_id, "index", row.model_id, "selected_index") in linked
+    assert all((per_token_slider.model_id, "index", row.model_id, "selected_index") in linked
                for row in grid.children)
 
 
 def test_without_stack_widget_images_are_swapped_from_python(monkeypatch):
     monkeypatch.delattr(widgets, "Stack")  # ipywidgets 7, as in Colab
-    box = image_slider_explorer(render, experts=[2, 4], top_k=[1, 2])
-    experts_slider, top_k_slider, image = box.children
+    box = image_slider_explorer(render, experts=[2, 4], experts_per_token=[1, 2])
+    experts_slider, per_token_slider, image = box.children
     shown = [bytes(image.value)]                        # (4, 2), the middle of each range
-    top_k_slider.value = 1
+    per_token_slider.value = 1
     shown.append(bytes(image.value))                    # (4, 1)
     experts_slider.value = 2
     shown.append(bytes(image.value))                    # (2, 1)
@@ -52,10 +52,10 @@ def test_without_stack_widget_images_are_swapped_from_python(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(experts=[], top_k=[1]), "at least one value"),
-    (dict(experts=[0, 2], top_k=[1]), "positive integers"),
-    (dict(experts=[2], top_k=[3]), "no pair with top_k <= number of experts"),
-    (dict(experts=[2, 4], top_k=[1], initial=(3, 1)), "initial=(3, 1)"),
+    (dict(experts=[], experts_per_token=[1]), "at least one value"),
+    (dict(experts=[0, 2], experts_per_token=[1]), "positive integers"),
+    (dict(experts=[2], experts_per_token=[3]), "no pair with experts_per_token <= number of experts"),
+    (dict(experts=[2, 4], experts_per_token=[1], initial=(3, 1)), "initial=(3, 1)"),
 ])
 def test_bad_arguments_say_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -64,4 +64,4 @@ def test_bad_arguments_say_what_is_wrong(kwargs, message):
 
 def test_render_must_return_a_figure():
     with pytest.raises(ValueError, match="must return a matplotlib Figure"):
-        image_slider_explorer(lambda e, k: None, experts=[2], top_k=[1])
+        image_slider_explorer(lambda e, k: None, experts=[2], experts_per_token=[1])

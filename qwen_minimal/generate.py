@@ -1,4 +1,4 @@
-"""Text from a trained checkpoint: `python -m qwen_minimal.sample --checkpoint runs/cpu-tiny --prompt "The"`.
+"""Text from a trained checkpoint: `python -m qwen_minimal.generate --checkpoint runs/cpu-tiny --prompt "The"`.
 
 Without --checkpoint it samples from a randomly initialised model, and says so: useful only to see
 that the pipeline runs (the text is noise).
@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import torch
 
 from . import checkpoint
+from .cli import exit_on_input_error
 from .config import PRESETS as MODEL_PRESETS
 from .config import ModelConfig
 from .data import load_tokenizer
+from .devices import resolve_device
+from .errors import InputError
 from .model import QwenLM
-from .train import resolve_device
 
 
 def generate_text(model: QwenLM, tokenizer, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
@@ -26,7 +29,7 @@ def generate_text(model: QwenLM, tokenizer, prompt: str, max_new_tokens: int = 1
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     if not ids:
         if tokenizer.eos_token_id is None:
-            raise ValueError("the prompt is empty and the tokenizer has no end-of-text token to start from: "
+            raise InputError("the prompt is empty and the tokenizer has no end-of-text token to start from: "
                              "give a --prompt")
         ids = [tokenizer.eos_token_id]
     device = next(model.parameters()).device
@@ -37,7 +40,7 @@ def generate_text(model: QwenLM, tokenizer, prompt: str, max_new_tokens: int = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m qwen_minimal.sample", allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m qwen_minimal.generate", allow_abbrev=False,
                                      description="Generate text from a qwen_minimal checkpoint.")
     parser.add_argument("--checkpoint", help="a run's output folder (e.g. runs/cpu-tiny) or its checkpoint/ "
                                              "folder; without it, a random model (noise, for testing only)")
@@ -57,29 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_checkpoint(path, device):
+    """The model and tokenizer of a checkpoint; for one saved without a tokenizer, the default tokenizer,
+    with a warning (it may not be the one the model was trained with)."""
+    model, tokenizer = checkpoint.load_model(path, device), checkpoint.saved_tokenizer(path)
+    if tokenizer is None:
+        warnings.warn(f"{checkpoint.find_checkpoint(path)} holds no tokenizer/ folder: using the default tokenizer, "
+                      f"which may differ from the one the model was trained with", stacklevel=2)
+        tokenizer = load_tokenizer()
+    return model, tokenizer
+
+
+@exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 1:
         parser.error("--num_samples and --max_new_tokens must be at least 1")
-    try:
-        device = resolve_device(args.device)
-        if args.checkpoint:
-            model = checkpoint.load_model(args.checkpoint, device)
-            tokenizer = checkpoint.load_tokenizer(args.checkpoint)
-            step = checkpoint.read_config(args.checkpoint)["step"]
-            print(f"# {checkpoint.find_checkpoint(args.checkpoint)} (step {step})", file=sys.stderr)
-        else:
-            tokenizer = load_tokenizer()
-            torch.manual_seed(0 if args.seed is None else args.seed)
-            model = QwenLM(ModelConfig.preset(args.preset, vocab_size=len(tokenizer))).to(device).eval()
-            print(f"# NOTE: no --checkpoint given, so this is a RANDOMLY INITIALISED {args.preset} model: "
-                  f"expect noise. Train one with `python -m qwen_minimal.train --preset cpu-tiny`, then pass "
-                  f"--checkpoint runs/cpu-tiny", file=sys.stderr)
-        texts = generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-                              args.top_k or None, args.top_p, args.num_samples, args.seed)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        model, tokenizer = load_checkpoint(args.checkpoint, device)
+        step = checkpoint.read_config(args.checkpoint)["step"]
+        print(f"# {checkpoint.find_checkpoint(args.checkpoint)} (step {step})", file=sys.stderr)
+    else:
+        tokenizer = load_tokenizer()
+        torch.manual_seed(0 if args.seed is None else args.seed)
+        model = QwenLM(ModelConfig.preset(args.preset, vocab_size=len(tokenizer))).to(device).eval()
+        print(f"# NOTE: no --checkpoint given, so this is a RANDOMLY INITIALISED {args.preset} model: "
+              f"expect noise. Train one with `python -m qwen_minimal.train --preset cpu-tiny`, then pass "
+              f"--checkpoint runs/cpu-tiny", file=sys.stderr)
+    texts = generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                          args.top_k or None, args.top_p, args.num_samples, args.seed)
     for i, text in enumerate(texts):
         if args.num_samples > 1:
             print(f"--- sample {i + 1} ---")

@@ -1,0 +1,33 @@
+"""Writing files so that an interrupted run never leaves a half-written one, and naming them by content."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(f) on a temporary file beside `path`, then rename it to `path`: readers see either the old
+    file or the complete new one, never a part. If write raises, the temporary file is removed. The file is
+    made readable by everyone (0644), like any other file the user creates: temporary files start private."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+        try:
+            write(f)
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def short_hash(text: str) -> str:
+    """16 hex digits of the SHA-256 of `text`: a file name that changes when the text does."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
