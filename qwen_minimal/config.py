@@ -29,6 +29,11 @@ class ModelConfig:
     capacity_factor: float | None = None  # None: dropless (Qwen3). Else each expert takes at most
                                           # ceil(capacity_factor * tokens * num_experts_per_tok / num_experts) tokens.
     router_aux_loss_coef: float = 0.01    # weight of the load-balancing loss in the training loss
+    # How training keeps the experts' load even (moe.py explains each): "joint" (transformers' loss, one over all
+    # layers' tokens), "per_layer" (each layer's loss, averaged), "global_batch" (Qwen3: expert frequencies
+    # counted over the whole batch of an optimizer step), "bias" (DeepSeek-V3: no loss, a selection bias).
+    load_balancing: str = "joint"
+    bias_update_rate: float = 0.001       # "bias" only: how far each step moves an expert's selection bias
     tie_embeddings: bool = False      # share the input embedding with the output projection
     init_std: float = 0.02            # std of the normal init of every weight matrix
 
@@ -53,6 +58,8 @@ class ModelConfig:
         if self.use_moe and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise InputError(f"num_experts_per_tok={self.num_experts_per_tok} must be between 1 and "
                              f"num_experts={self.num_experts}: route each token to fewer experts or add experts")
+        if self.load_balancing not in LOAD_BALANCING:
+            raise InputError(f"load_balancing={self.load_balancing!r}: choose one of {', '.join(LOAD_BALANCING)}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise InputError(f"capacity_factor={self.capacity_factor} must be positive, "
                              f"or None for dropless routing")
@@ -77,6 +84,8 @@ class ModelConfig:
             raise InputError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
+
+LOAD_BALANCING = ("joint", "per_layer", "global_batch", "bias")
 
 PRESETS: dict[str, dict] = {
     # The original run: 6 layers, 768 wide, 16 query heads in 4 KV groups of head_dim 48,
