@@ -25,8 +25,9 @@ book: $(BIN)/.installed
 	bash scripts/fetch_book_assets.sh
 	$(BIN)/jupyter-book build . -W --keep-going
 
+# PYTEST_ARGS: more pytest options, e.g. make test PYTEST_ARGS="-x -k checkpoint" (.ci/run asks for a JUnit report).
 test: $(BIN)/.installed
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests $(PYTEST_ARGS)
 
 # Needs `make book` first, and Debian's chromium + chromium-driver (.ci/run installs them).
 browser-test: $(BIN)/.installed

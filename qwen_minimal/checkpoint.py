@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import safetensors
@@ -50,7 +51,7 @@ def save_checkpoint(out_dir: str | Path, model: QwenLM, step: int = 0, train_con
         # The data order is a function of (seed, step), so `step` is also the position in the data; nothing
         # else draws random numbers after initialisation, so no random-number state is needed.
         torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / TRAIN_STATE)
-    for file in tmp.rglob("*"):  # readable by others, like the rest of the run (safetensors writes 0600)
+    for file in (tmp, *tmp.rglob("*")):  # readable by others, like the rest of the run (safetensors writes 0600)
         os.chmod(file, 0o755 if file.is_dir() else 0o644)
     if final.exists():
         final.rename(old)
@@ -72,40 +73,56 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def _damaged(file: Path, problem: str, remedy: str | None = None) -> InputError:
-    remedy = remedy or (f"delete the run folder {file.parent.parent} and train again, or put back a good copy "
-                        f"of {file.name}")
-    return InputError(f"{file} is damaged ({problem}): it was cut short or overwritten, perhaps by a full disk or "
-                      f"an unfinished copy. To go on, {remedy}")
+    remedy = remedy or f"put back a good copy of {file.name}, or train again with another --out_dir"
+    return InputError(f"{file} is damaged ({problem}); perhaps it was cut short (a full disk, an unfinished copy) "
+                      f"or overwritten. To go on, {remedy}")
+
+
+def _first_sentence(error: Exception) -> str:
+    """The gist of a library's error, on one line (torch's messages go on for a paragraph)."""
+    return str(error).split(". ")[0].split("\n")[0] or type(error).__name__
 
 
 def read_config(path: str | Path) -> dict:
-    """The checkpoint's config.json: {"model": ..., "train": ..., "step": ..., "tokenizer": ...}."""
+    """The checkpoint's config.json: {"model": ..., "train": ..., "step": ..., "tokenizer": ...}, its model
+    settings checked (ModelConfig.from_dict reads them)."""
     file = find_checkpoint(path) / CONFIG
     try:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _damaged(file, f"not valid JSON: {e}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "step" not in config:
-        raise _damaged(file, 'it lacks the "model" settings or the "step"')
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("step"), int)
+            and "train" in config and isinstance(config["train"], (dict, type(None)))):
+        raise _damaged(file, 'it needs "model" settings, a whole-number "step", and "train" settings or null')
+    try:
+        ModelConfig.from_dict(config["model"])
+    except (InputError, TypeError) as e:  # TypeError: a value of the wrong type, e.g. "hidden_size": "32"
+        raise _damaged(file, f"its model settings are invalid: {e}") from None
     return config
 
 
 def model_config(path: str | Path) -> ModelConfig:
     """The ModelConfig saved in a checkpoint (older checkpoints included, see ModelConfig.from_dict)."""
+    return ModelConfig.from_dict(read_config(path)["model"])
+
+
+def _check_weights_file(file: Path) -> None:
+    """InputError unless the safetensors header of `file` reads and the file is as long as the header says
+    (safe_open checks both without reading the tensors)."""
     try:
-        return ModelConfig.from_dict(read_config(path)["model"])
-    except InputError as e:
-        raise _damaged(find_checkpoint(path) / CONFIG, f"its model settings are invalid: {e}") from None
+        with safetensors.safe_open(str(file), framework="pt"):
+            pass
+    except safetensors.SafetensorError as e:
+        raise _damaged(file, f"not a readable safetensors file: {e}") from None
 
 
 def load_weights(model: QwenLM, path: str | Path) -> None:
     """Copy the checkpoint's weights into `model` (which must have the same configuration)."""
     file = find_checkpoint(path) / WEIGHTS
+    _check_weights_file(file)
     device = next(model.parameters()).device
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False, device=str(device))
-    except safetensors.SafetensorError as e:
-        raise _damaged(file, f"not a readable safetensors file: {e}") from None
     except RuntimeError as e:  # a tensor of another shape than config.json says
         raise _damaged(file, f"its tensors do not fit the model of {CONFIG}: {e}") from None
     if missing or unexpected:
@@ -129,25 +146,51 @@ def saved_tokenizer(path: str | Path):
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise _damaged(folder, f"the tokenizer cannot be read: {e}") from None
+        raise _damaged(folder, f"the tokenizer cannot be read: {_first_sentence(e)}") from None
+
+
+def _train_state_damaged(folder: Path, problem: str) -> InputError:
+    return _damaged(folder / TRAIN_STATE, problem,
+                    f"generate from the weights, which are not affected (python -m qwen_minimal.generate --checkpoint "
+                    f"{folder}); to train further, put back a good copy of {TRAIN_STATE} or start a new run in "
+                    f"another --out_dir")
+
+
+def _read_train_state(folder: Path, mmap: bool = False) -> dict:
+    """train_state.pt, checked to be {"step": int, "optimizer": dict}; with mmap, its tensors are mapped, not read
+    (a check that costs milliseconds whatever the size)."""
+    file = folder / TRAIN_STATE
+    if not file.is_file():
+        raise MissingInputError(f"{folder} holds weights only ({TRAIN_STATE} is missing), so training "
+                                f"cannot resume from it: start a new run in another --out_dir")
+    if not zipfile.is_zipfile(file):  # a cut-short archive has lost its table of contents, which comes last
+        raise _train_state_damaged(folder, "not the zip archive that torch.save writes")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise _train_state_damaged(folder, f"torch.load cannot read it: {_first_sentence(e)}") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int)
+            and isinstance(state.get("optimizer"), dict)):
+        raise _train_state_damaged(folder, 'it does not hold a "step" and an "optimizer" state')
+    return state
+
+
+def check_resumable(path: str | Path) -> None:
+    """InputError now if training cannot resume from the checkpoint in `path` (a file missing or damaged),
+    from the files' headers alone: a run checks this before it tokenizes its corpus, which can take minutes."""
+    folder = find_checkpoint(path)
+    read_config(folder)
+    _check_weights_file(folder / WEIGHTS)
+    _read_train_state(folder, mmap=True)
 
 
 def load_train_state(path: str | Path, model: QwenLM, optimizer: torch.optim.Optimizer) -> int:
     """Restore weights and optimizer state from a checkpoint; return the step to continue from."""
     folder = find_checkpoint(path)
-    file = folder / TRAIN_STATE
-    if not file.is_file():
-        raise MissingInputError(f"{folder} holds weights only ({TRAIN_STATE} is missing), so training "
-                                f"cannot resume from it: start a new run in another --out_dir")
     load_weights(model, folder)
-    weights_only = (f"the weights in {WEIGHTS} are intact, so the model can still be sampled or exported; to "
-                    f"train further, start a new run in another --out_dir, or put back a good copy of {TRAIN_STATE}")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise _damaged(file, f"not a readable PyTorch file: {str(e).splitlines()[0]}", weights_only) from None
+    state = _read_train_state(folder)
     try:
         optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-        return int(state["step"])
     except (KeyError, TypeError, ValueError) as e:
-        raise _damaged(file, f"it does not hold this model's optimizer state: {e}", weights_only) from None
+        raise _train_state_damaged(folder, f"it does not hold this model's optimizer state: {e}") from None
+    return state["step"]

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InputError, check_at_least, check_known_fields
+
+
+LOAD_BALANCING = ("joint", "per_layer", "global_batch", "bias")
 
 
 @dataclass
@@ -29,11 +32,14 @@ class ModelConfig:
     capacity_factor: float | None = None  # None: dropless (Qwen3). Else each expert takes at most
                                           # ceil(capacity_factor * tokens * num_experts_per_tok / num_experts) tokens.
     router_aux_loss_coef: float = 0.01    # weight of the load-balancing loss in the training loss
-    # How training keeps the experts' load even (moe.py explains each): "joint" (transformers' loss, one over all
-    # layers' tokens), "per_layer" (each layer's loss, averaged), "global_batch" (Qwen3: expert frequencies
-    # counted over the whole batch of an optimizer step), "bias" (DeepSeek-V3: no loss, a selection bias).
-    load_balancing: str = "joint"
-    bias_update_rate: float = 0.001       # "bias" only: how far each step moves an expert's selection bias
+    # How training keeps the experts' load even (balancing.py explains each): "joint" (transformers' loss, one
+    # over all layers' tokens), "per_layer" (each layer's loss, averaged), "global_batch" (Qwen3: expert
+    # frequencies counted over the whole batch of an optimizer step), "bias" (DeepSeek-V3: no loss, a bias on
+    # the selection scores).
+    load_balancing: str = field(default="joint", metadata={"choices": LOAD_BALANCING, "help": (
+        "how training evens the experts' load (qwen_minimal/balancing.py)")})
+    bias_update_rate: float = field(default=0.001, metadata={"help": (
+        "load_balancing=bias: how far each optimizer step moves an expert's selection bias")})
     tie_embeddings: bool = False      # share the input embedding with the output projection
     init_std: float = 0.02            # std of the normal init of every weight matrix
 
@@ -84,8 +90,6 @@ class ModelConfig:
             raise InputError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
-
-LOAD_BALANCING = ("joint", "per_layer", "global_batch", "bias")
 
 PRESETS: dict[str, dict] = {
     # The original run: 6 layers, 768 wide, 16 query heads in 4 KV groups of head_dim 48,

@@ -11,7 +11,8 @@ from .errors import InputError
 from .feed_forward import SwiGLU
 from .kv_cache import KVCache
 from .loss import cross_entropy
-from .moe import MoE, Routing, load_balancing_loss
+from .balancing import model_loss
+from .moe import MoE, Routing
 from .rmsnorm import RMSNorm
 from .rope import RotaryEmbedding
 from .sampling import sample_next_token
@@ -20,7 +21,7 @@ from .sampling import sample_next_token
 @dataclass
 class ModelOutput:
     logits: torch.Tensor                 # [B, T, V]
-    aux_loss: torch.Tensor | None        # load-balancing loss over all layers (None for the dense model)
+    aux_loss: torch.Tensor | None        # the config's load-balancing loss (None: dense model, or bias balancing)
     loss: torch.Tensor | None = None     # lm_loss + router_aux_loss_coef * aux_loss, when targets are given
     lm_loss: torch.Tensor | None = None  # cross-entropy of the next-token predictions
     routing: list[Routing] | None = None  # per MoE layer: router logits, choices, token counts
@@ -106,8 +107,7 @@ class QwenLM(nn.Module):
         tokens continue the cached sequence; their keys and values are appended to it."""
         x, routing = self.hidden_states(input_ids, cache)
         logits = self.lm_head(x)
-        aux_loss = (load_balancing_loss([r.router_logits for r in routing], self.config.num_experts_per_tok)
-                    if routing else None)
+        aux_loss = model_loss(self.config, routing) if routing else None
         out = ModelOutput(logits, aux_loss, routing=routing or None)
         if targets is not None:
             out.lm_loss = cross_entropy(x, self.lm_head.weight, logits, targets)

@@ -32,11 +32,17 @@ class Routing(NamedTuple):
         return count_per_expert(self.expert_indices, self.router_logits.shape[-1])
 
 
-def route(router_logits: torch.Tensor, num_experts_per_tok: int, norm_topk_prob: bool = True):
+def route(router_logits: torch.Tensor, num_experts_per_tok: int, norm_topk_prob: bool = True,
+          selection_bias: torch.Tensor | None = None):
     """fp32 softmax over all experts -> the num_experts_per_tok most probable -> optionally renormalised to
-    sum to 1."""
+    sum to 1. With a selection_bias ([E], bias balancing), the experts are chosen by probability + bias, but
+    their mixing weights are still their probabilities: the bias decides who works, not how much each counts."""
     probs = torch.softmax(router_logits.float(), dim=-1)
-    weights, indices = probs.topk(num_experts_per_tok, dim=-1)
+    if selection_bias is None:
+        weights, indices = probs.topk(num_experts_per_tok, dim=-1)
+    else:
+        indices = (probs + selection_bias).topk(num_experts_per_tok, dim=-1).indices
+        weights = probs.gather(-1, indices)
     if norm_topk_prob:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, indices
@@ -194,6 +200,9 @@ class MoE(nn.Module):
         self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
         self.experts = Experts(config.num_experts, config.hidden_size, config.expert_intermediate_size,
                                config.init_std)
+        # Bias balancing (balancing.py): a per-expert bias on the selection scores, learnt by update_bias, not by
+        # gradients; a buffer, so that it is saved with the weights. Absent for the other strategies.
+        self.register_buffer("expert_bias", torch.zeros(config.num_experts) if config.load_balancing == "bias" else None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         shape = x.shape
@@ -205,7 +214,7 @@ class MoE(nn.Module):
         autocast = torch.is_autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
             router_logits = F.linear(x.float(), self.router.weight.float())
-        weights, indices = route(router_logits, self.num_experts_per_tok, self.norm_topk_prob)
+        weights, indices = route(router_logits, self.num_experts_per_tok, self.norm_topk_prob, self.expert_bias)
         kept = None
         if self.capacity_factor is not None:
             capacity = expert_capacity(x.shape[0], self.num_experts, self.num_experts_per_tok, self.capacity_factor)

@@ -7,7 +7,8 @@ The metrics file holds one JSON object per line, each with a "kind":
            the most memory the run's tensors have held so far
   eval     step, val_loss, val_ppl
   monitor  step, grad_norm_attn[L], grad_norm_ffn[L], act_mean[L], act_std[L],
-           tokens_per_expert[L][E] (summed since the previous monitor record), kl_uniform[L]
+           tokens_per_expert[L][E] (the assignments of that step's whole batch) and, from it, kl_uniform[L],
+           kl_mean_load (the KL of the load averaged over layers) and max_violation[L]
 `step` counts the optimizer updates done before the measurement, so train and eval records of the
 same step describe the same weights.
 """
@@ -62,6 +63,20 @@ def kl_to_uniform(tokens_per_expert: torch.Tensor) -> torch.Tensor:
     counts = tokens_per_expert.double()
     p = counts / counts.sum(-1, keepdim=True)
     return torch.special.xlogy(p, p * counts.shape[-1]).sum(-1)  # xlogy: 0 log 0 = 0
+
+
+def kl_of_mean_load(tokens_per_expert: torch.Tensor) -> float:
+    """KL to uniform of the load averaged over the layers ([L, E] -> one number): the original implementation's
+    metric. Weaker than the per-layer KL: layers that favour different experts average out to an even load."""
+    counts = tokens_per_expert.double()
+    return kl_to_uniform((counts / counts.sum(-1, keepdim=True)).mean(0)).item()
+
+
+def max_violation(tokens_per_expert: torch.Tensor) -> torch.Tensor:
+    """MaxVio = max_e load_e / mean load - 1 of each row (DeepSeek's and Qiu et al.'s measure): 0 when even, 1 when
+    the busiest expert has twice its share, E - 1 when it has everything. [..., E] -> [...]."""
+    counts = tokens_per_expert.double()
+    return counts.max(-1).values / counts.mean(-1) - 1
 
 
 # ----------------------------------------------------------------------------- metrics file

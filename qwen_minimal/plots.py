@@ -55,7 +55,8 @@ def _per_layer_panels(records: list[dict], panels: list[tuple[str, str, str]], l
             ax.plot(steps, [r[key][layer] for r in mon], color=color, label=f"{legend} {layer}")
         ax.set(title=title, xlabel="optimizer step", ylabel=ylabel, **axes_settings)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8)
+    if num_layers:
+        axes[-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -101,19 +102,27 @@ def plot_expert_load(records: list[dict]):
 
 
 def plot_expert_kl(records: list[dict]):
-    """KL divergence of each layer's expert load from the uniform distribution, against the step."""
+    """Expert load against the step: each layer's KL divergence from uniform, with the KL of the load averaged
+    over layers (the original run's measure) beside it, and each layer's maximal violation MaxVio."""
     mon = [r for r in of_kind(records, "monitor") if r.get("kl_uniform")]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, (ax_kl, ax_vio) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in mon]
     num_layers = len(mon[0]["kl_uniform"]) if mon else 0
     for layer, color in enumerate(_layer_colors(num_layers)):
         # KL can be exactly 0; the log axis needs positive values.
-        ax.plot([r["step"] for r in mon], [max(r["kl_uniform"][layer], 1e-6) for r in mon], color=color,
-                label=f"layer {layer}")
-    ax.set(title="Expert load: KL divergence to uniform", xlabel="optimizer step", ylabel="KL (nats)",
-           yscale="log")
-    ax.grid(alpha=0.3)
-    if num_layers:
-        ax.legend(fontsize=8)
+        ax_kl.plot(steps, [max(r["kl_uniform"][layer], 1e-6) for r in mon], color=color, label=f"layer {layer}")
+        ax_vio.plot(steps, [r["max_violation"][layer] for r in mon if "max_violation" in r], color=color,
+                    label=f"layer {layer}")
+    if mon and "kl_mean_load" in mon[0]:
+        ax_kl.plot(steps, [max(r["kl_mean_load"], 1e-6) for r in mon], "k--", label="load averaged over layers")
+    ax_kl.set(title="Expert load: KL divergence to uniform", xlabel="optimizer step", ylabel="KL (nats)",
+              yscale="log")
+    ax_vio.set(title="Expert load: MaxVio = max load / mean load - 1", xlabel="optimizer step",
+               ylabel="MaxVio (0 = even)")
+    for ax in (ax_kl, ax_vio):
+        ax.grid(alpha=0.3)
+        if num_layers:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

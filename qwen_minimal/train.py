@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, monitoring, plots
+from . import balancing, checkpoint, monitoring, plots
 from .cli import add_field_options, exit_on_input_error, reject_unknown
 from .config import ModelConfig
 from .data import Corpus, load_corpus, random_blocks, sequential_blocks
@@ -116,9 +116,16 @@ class TrainConfig:
     def from_run(cls, out_dir: str | Path, model: dict | None = None, **overrides) -> TrainConfig:
         """The settings a run in out_dir was trained with, with the given fields changed: what --resume runs."""
         saved = checkpoint.read_config(out_dir)
+        train_settings = {**(saved["train"] or {}), "out_dir": str(out_dir)}
+        try:  # the saved settings alone first, so that an error in them names the file and not the options
+            cls.from_dict({**train_settings, "model": ModelConfig.from_dict(saved["model"])})
+        except (InputError, TypeError) as e:
+            raise InputError(f"{checkpoint.find_checkpoint(out_dir) / checkpoint.CONFIG} holds training settings "
+                             f"that cannot be used ({e}): fix that file, or start a new run in another "
+                             f"--out_dir") from None
         check_known_fields(cls, overrides)
         model_config = ModelConfig.from_dict({**saved["model"], **(model or {})})
-        return cls.from_dict({**(saved["train"] or {}), **overrides, "out_dir": str(out_dir), "model": model_config})
+        return cls.from_dict({**train_settings, **overrides, "out_dir": str(out_dir), "model": model_config})
 
 
 TRAIN_PRESETS: dict[str, dict] = {
@@ -159,7 +166,7 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     config, step = run.config, run.start
     end = max(step, min(config.max_steps, config.max_steps if stop_at is None else stop_at))
     print_banner(run, end)
-    meter, expert_load = Meter(config.batch_size * config.block_size), 0
+    meter = Meter(config.batch_size * config.block_size)
     with stop_on_ctrl_c() as ctrl_c:
         for step in range(run.start, end):
             if ctrl_c["stop"]:
@@ -175,11 +182,8 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
             monitor_now = step % config.monitor_interval == 0
             stats = train_step(run, batch_at(step, run.corpus.train, config, run.device), monitor_now)
             meter.add(stats)
-            if stats.tokens_per_expert is not None:
-                expert_load = expert_load + stats.tokens_per_expert
             if monitor_now:
-                run.metrics.log(monitor_record(step, stats, expert_load))
-                expert_load = 0
+                run.metrics.log(monitor_record(step, stats))
             if (step + 1) % config.log_interval == 0 or step + 1 == end:
                 log_train(run, meter.record(step, lr, run))
         else:
@@ -224,6 +228,8 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     if not resume and (out_dir / checkpoint.CHECKPOINT_DIR).exists():
         raise InputError(f"{out_dir} already holds a checkpoint: pass --resume (resume=True) to continue that "
                          f"run, or choose another --out_dir, or delete {out_dir}")
+    if resume:  # a damaged checkpoint fails now, not after the corpus is tokenized (minutes, the first time)
+        checkpoint.check_resumable(out_dir)
     device = resolve_device(config.device)
     corpus = load_corpus(config.data, config.tokenizer)
     if config.model.vocab_size != corpus.vocab_size:  # the model's vocabulary is the tokenizer's
@@ -279,7 +285,7 @@ def batch_at(step: int, data, config: TrainConfig, device) -> tuple[torch.Tensor
 @dataclass
 class StepStats:
     lm_loss: torch.Tensor                    # mean over the micro-batches, on the device (no sync)
-    aux_loss: torch.Tensor | None
+    aux_loss: torch.Tensor | None            # the balancing loss trained on (None: dense, or bias balancing)
     grad_norm: torch.Tensor                  # before clipping
     tokens_per_expert: torch.Tensor | None   # [L, E] summed over the micro-batches
     grad_norms: dict | None = None           # monitoring steps only: per layer, attention and feed-forward
@@ -288,23 +294,29 @@ class StepStats:
 
 def train_step(run: Run, batch: tuple[torch.Tensor, torch.Tensor], monitor: bool) -> StepStats:
     """Forward and backward over the batch in grad_accum_steps micro-batches, then clip and take one AdamW
-    step. Monitoring steps run the uncompiled model, so that its hooks never make torch.compile retrace."""
+    step (and, for bias balancing, move the selection biases). Monitoring steps run the uncompiled model, so that
+    its hooks never make torch.compile retrace."""
     config, model = run.config, run.model
-    n = config.grad_accum_steps
-    lm, aux, load = 0.0, None, None
+    n, coef = config.grad_accum_steps, config.model.router_aux_loss_coef
+    lm, aux, load = 0.0, None, None  # load: [L, E] assignments per expert in this step so far
     with monitoring.record_activations(model) if monitor else nullcontext() as activations:
         for x, y in zip(*(t.chunk(n) for t in batch)):
             with run.autocast:
                 out = (model if monitor else run.step_model)(x, y)
-            (out.loss / n).backward()
+            if out.routing is not None:
+                load = out.tokens_per_expert if load is None else load + out.tokens_per_expert
+            balance = balancing.training_loss(config.model, out, load)
+            loss = out.lm_loss if balance is None else out.lm_loss + coef * balance
+            (loss / n).backward()
             lm = lm + out.lm_loss.detach() / n
-            if out.aux_loss is not None:
-                aux = (0.0 if aux is None else aux) + out.aux_loss.detach() / n
-                load = (0 if load is None else load) + out.tokens_per_expert
+            if balance is not None:
+                aux = (0.0 if aux is None else aux) + balance.detach() / n
     grad_norms = monitoring.layer_grad_norms(model) if monitor else None
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if config.model.load_balancing == "bias":
+        balancing.update_bias(model, load)
     # the first micro-batch's activation statistics: one (mean, std) per block
     return StepStats(lm, aux, norm.detach(), load, grad_norms,
                      activations[:config.model.num_layers] if monitor else None)
@@ -358,13 +370,15 @@ class Meter:
         return record
 
 
-def monitor_record(step: int, stats: StepStats, expert_load) -> dict:
+def monitor_record(step: int, stats: StepStats) -> dict:
     record = {"kind": "monitor", "step": step, "grad_norm_attn": stats.grad_norms["attn"],
               "grad_norm_ffn": stats.grad_norms["ffn"],
               "act_mean": [m.item() for m, _ in stats.activations], "act_std": [s.item() for _, s in stats.activations]}
-    if stats.tokens_per_expert is not None:  # summed over every step since the previous monitor record
-        record["tokens_per_expert"] = expert_load.tolist()
-        record["kl_uniform"] = monitoring.kl_to_uniform(expert_load).tolist()
+    load = stats.tokens_per_expert  # this step's whole batch: a resumed run measures exactly what it would have
+    if load is not None:
+        record.update(tokens_per_expert=load.tolist(), kl_uniform=monitoring.kl_to_uniform(load).tolist(),
+                      kl_mean_load=monitoring.kl_of_mean_load(load),
+                      max_violation=monitoring.max_violation(load).tolist())
     return record
 
 
@@ -480,11 +494,11 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
     model_overrides = {k[len("model."):]: v for k, v in vars(args).items() if k.startswith("model.")}
     try:
         config = TrainConfig.preset(args.preset, model=model_overrides, **overrides)
-        if args.resume:
-            overrides.pop("out_dir", None)
-            config = TrainConfig.from_run(config.out_dir, model=model_overrides, **overrides)
     except InputError as e:
         parser.error(str(e))
+    if args.resume:  # outside the try: a missing or damaged checkpoint is not a usage error, main prints one line
+        overrides.pop("out_dir", None)
+        config = TrainConfig.from_run(config.out_dir, model=model_overrides, **overrides)
     return config, args
 
 

