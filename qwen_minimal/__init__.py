@@ -7,14 +7,14 @@ The model, floor by floor (each module imports only from the ones above it):
   model                                 QwenLM: the decoder, its FLOPs, generate
   devices, interop                      where it runs; weights in and out of transformers
 Around it: data/ (text, tokenizer, token cache, batches), optim, monitoring, plots, checkpoint, cli, and the
-command-line tools train, generate and bench (python -m qwen_minimal.<tool> --help). widgets: the book's
+command-line tools train, generate, bench, balance and export (python -m qwen_minimal.<tool> --help). widgets: the book's
 interactive figures (pip install "qwen-minimal[book]").
 """
 from .config import PRESETS, ModelConfig
 from .errors import InputError
-from .interop import config_from_transformers, from_transformers, load_pretrained
+from .interop import config_from_transformers, from_transformers, load_pretrained, save_pretrained, to_transformers
 from .kv_cache import KVCache
 from .model import ModelOutput, QwenLM
 
 __all__ = ["PRESETS", "InputError", "KVCache", "ModelConfig", "ModelOutput", "QwenLM", "config_from_transformers",
-           "from_transformers", "load_pretrained"]
+           "from_transformers", "load_pretrained", "save_pretrained", "to_transformers"]

@@ -1,6 +1,7 @@
 """Weights in and out of transformers: Qwen3ForCausalLM / Qwen3MoeForCausalLM and checkpoint folders.
 
-The mapping is explicit, name by name, and every tensor's shape is checked against the model it goes into.
+The mapping is explicit, name by name, one table of renames for both directions, and every tensor's shape is
+checked against the model it goes into.
 """
 import copy
 import json
@@ -23,6 +24,16 @@ BLOCK_RENAMES = [
 ]
 TOP_LEVEL_RENAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
                      "lm_head.weight": "lm_head.weight"}
+
+
+def transformers_name(name: str) -> str:
+    """qwen_minimal's tensor name -> transformers' (the experts' stacked tensors keep their last part:
+    blocks.{i}.ffn.experts.gate_proj -> model.layers.{i}.mlp.experts.gate_proj)."""
+    if not name.startswith("blocks."):
+        return TOP_LEVEL_RENAMES[name]
+    _, layer, rest = name.split(".", 2)
+    old, new = next((a, b) for a, b in BLOCK_RENAMES if rest.startswith(a))
+    return f"model.layers.{layer}.{new}{rest[len(old):]}"
 
 
 def _field(hf_config, name, default=None):
@@ -74,6 +85,10 @@ def transformers_config(config: ModelConfig):
     if config.capacity_factor is not None:
         raise InputError(f"capacity_factor={config.capacity_factor}: transformers' Qwen3-MoE is dropless and has no "
                          f"expert capacity; set capacity_factor=None")
+    if config.load_balancing == "bias":
+        raise InputError("load_balancing='bias': transformers' Qwen3-MoE router has no per-expert selection bias, "
+                         "so this model's expert choices cannot be represented there; train with another "
+                         "load_balancing mode to export")
     common = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
                   intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
                   num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
@@ -89,14 +104,18 @@ def transformers_config(config: ModelConfig):
                           decoder_sparse_step=1, mlp_only_layers=[])
 
 
+def transformers_class(config: ModelConfig):
+    """The transformers model class of the same architecture: Qwen3MoeForCausalLM (or Qwen3ForCausalLM if dense)."""
+    from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
+
+    return Qwen3MoeForCausalLM if config.use_moe else Qwen3ForCausalLM
+
+
 def same_weights_pair(config: ModelConfig, seed: int = 0, device="cpu", dtype=torch.float32):
     """(qwen_minimal model, transformers model) holding identical random weights, in eval mode: the pair the
     benchmark and the GPU checks compare."""
-    from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
-
     torch.manual_seed(seed)
-    hf_class = Qwen3MoeForCausalLM if config.use_moe else Qwen3ForCausalLM
-    hf = hf_class(transformers_config(config)).to(device=device, dtype=dtype).eval()
+    hf = transformers_class(config)(transformers_config(config)).to(device=device, dtype=dtype).eval()
     # A copy: each model gets its own weights and, in the benchmark, its own optimizer.
     ours = from_transformers(copy.deepcopy(hf)).to(device).eval()
     return ours, hf
@@ -133,12 +152,7 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
                 experts_by_layer[layer] = _expert_weights(hf_state, layer, config)
             tensor = experts_by_layer[layer][part]
         else:
-            if name.startswith("blocks."):
-                _, layer, rest = name.split(".", 2)
-                old, new = next((a, b) for a, b in BLOCK_RENAMES if rest.startswith(a))
-                source = f"model.layers.{layer}.{new}{rest[len(old):]}"
-            else:
-                source = TOP_LEVEL_RENAMES[name]
+            source = transformers_name(name)
             if source not in hf_state:
                 raise InputError(f"checkpoint has no tensor {source!r} (for qwen_minimal's {name!r})")
             tensor = hf_state.pop(source)
@@ -151,6 +165,27 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
         raise InputError(f"checkpoint tensors not used by qwen_minimal: {leftover[:8]}"
                          f"{' ...' if len(leftover) > 8 else ''}")
     return ours
+
+
+def transformers_state_dict(state: dict[str, torch.Tensor], per_expert: bool = False) -> dict[str, torch.Tensor]:
+    """qwen_minimal tensor names -> transformers', the inverse of convert_state_dict. Each layer's experts are
+    fused as transformers 5 holds them in memory (gate_up_proj [E, 2 I, H], gate half first; down_proj [E, H, I])
+    or, with per_expert=True, split as checkpoint files on the hub store them
+    (model.layers.{i}.mlp.experts.{e}.gate_proj.weight [I, H], ...). Tensors may share memory with `state`."""
+    hf_state = {}
+    for name, tensor in state.items():
+        hf_name = transformers_name(name)
+        if ".experts." not in name:
+            hf_state[hf_name] = tensor
+        elif per_expert:
+            prefix, part = hf_name.rsplit(".", 1)
+            hf_state.update({f"{prefix}.{e}.{part}.weight": w for e, w in enumerate(tensor.unbind(0))})
+        elif name.endswith(".gate_proj"):
+            up = state[name.removesuffix("gate_proj") + "up_proj"]
+            hf_state[hf_name.removesuffix("gate_proj") + "gate_up_proj"] = torch.cat([tensor, up], dim=1)
+        elif not name.endswith(".up_proj"):  # down_proj (up_proj is in gate_up_proj)
+            hf_state[hf_name] = tensor
+    return hf_state
 
 
 def _build(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> QwenLM:
@@ -171,6 +206,60 @@ def from_transformers(hf_model) -> QwenLM:
     # Copies, not views: training one model must not change the other.
     state = {k: v.detach().to("cpu", copy=True) for k, v in hf_model.state_dict().items()}
     return _build(config, convert_state_dict(state, config), next(hf_model.parameters()).dtype)
+
+
+def to_transformers(model: QwenLM):
+    """The transformers Qwen3ForCausalLM or Qwen3MoeForCausalLM with the same weights (copies), in the model's
+    dtype, on the CPU, in eval mode: the inverse of from_transformers."""
+    config = transformers_config(model.config)  # refuses what transformers cannot represent
+    hf = transformers_class(model.config)(config).to(next(model.parameters()).dtype)
+    hf.load_state_dict(transformers_state_dict(model.state_dict()), strict=True)  # copies into hf's own tensors
+    return hf.eval()
+
+
+def _config_json(config) -> str:
+    """config.json as transformers 5 writes it, plus the names the released Qwen3 files use (num_experts,
+    rope_theta, torch_dtype), which transformers 4 and tools that parse config.json themselves look for."""
+    values = config.to_diff_dict()  # what config.save_pretrained writes
+    values.update(rope_theta=values["rope_parameters"]["rope_theta"], torch_dtype=values["dtype"])
+    if "num_local_experts" in values:
+        values["num_experts"] = values["num_local_experts"]
+    return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+
+def save_pretrained(model: QwenLM, folder: str | Path, tokenizer=None, dtype: torch.dtype | None = None,
+                    max_shard_size: int | str = "5GB") -> Path:
+    """Write `model` (and `tokenizer`, if given) as a transformers checkpoint folder, weights in `dtype` (default:
+    the model's), split into shards of at most max_shard_size (bytes, or a string like "5GB"). Returns the folder.
+    AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained and load_pretrained read it."""
+    from huggingface_hub import save_torch_state_dict
+    from transformers import GenerationConfig
+
+    config = transformers_config(model.config)  # refuses what transformers cannot represent, before any writing
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        raise InputError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
+                         f"embeddings: pass the tokenizer the model was trained with")
+    dtype = dtype or next(model.parameters()).dtype
+    special = {name: getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config.update(dict(architectures=[transformers_class(model.config).__name__], dtype=dtype, **special))
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        del state["lm_head.weight"]  # it is the embedding; hub checkpoints of tied models do not store it
+    # Copies: safetensors refuses tensors that share memory, as the experts' slices of one stacked tensor do.
+    weights = {name: tensor.detach().to(device="cpu", dtype=dtype, copy=True)
+               for name, tensor in transformers_state_dict(state, per_expert=True).items()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Writes model.safetensors or the shards and their index, with {"format": "pt"} metadata, and removes the
+    # weight files of an earlier export to the same folder.
+    save_torch_state_dict(weights, folder, max_shard_size=max_shard_size)
+    for file in folder.glob("model*.safetensors"):  # readable by others, as a folder to share should be
+        file.chmod(0o644)                           # (safetensors writes 0600)
+    (folder / "config.json").write_text(_config_json(config))
+    GenerationConfig(**special).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
 
 
 def load_pretrained(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_seq_len: int | None = None) -> QwenLM:
