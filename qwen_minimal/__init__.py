@@ -6,10 +6,10 @@ The model, floor by floor (each module imports only from the ones above it):
   feed_forward, moe, loss, sampling
   model                                 QwenLM: the decoder, its FLOPs, generate
   devices, interop                      where it runs; weights in and out of transformers
-Around it: data/ (text, tokenizer, token cache, batches), optim, monitoring, plots, checkpoint, cli, and the
-command-line tools train, generate, bench, balance and export (python -m qwen_minimal.<tool> --help). widgets: the book's
-interactive figures (pip install "qwen-minimal[book]").
-"""
+Around it: data/ (text, tokenizer, token cache, batches), optim, monitoring, plots, checkpoint, cli, distributed and
+expert_parallel (training on several processes, as torchrun starts them), and the command-line tools train,
+generate, bench, balance and export (python -m qwen_minimal.<tool> --help). widgets: the book's interactive figures
+(pip install "qwen-minimal[book]")."""
 from .config import PRESETS, ModelConfig
 from .errors import InputError
 from .interop import config_from_transformers, from_transformers, load_pretrained, save_pretrained, to_transformers

@@ -34,9 +34,10 @@ WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE = "model.safetensors", "config.json", "t
 
 
 def save_checkpoint(out_dir: str | Path, model: QwenLM, step: int = 0, train_config: dict | None = None,
-                    tokenizer=None, optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write <out_dir>/checkpoint atomically and return its path. With an optimizer, the training state
-    (optimizer moments and step) is saved too, so that training can resume exactly."""
+                    tokenizer=None, optimizer: torch.optim.Optimizer | dict | None = None) -> Path:
+    """Write <out_dir>/checkpoint atomically and return its path. With an optimizer (or its state_dict(), as
+    distributed.gathered_state assembles it from several processes), the training state (optimizer moments and
+    step) is saved too, so that training can resume exactly."""
     out_dir = Path(out_dir)
     final, tmp, old = (out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", ".tmp", ".old"))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -50,7 +51,8 @@ def save_checkpoint(out_dir: str | Path, model: QwenLM, step: int = 0, train_con
     if optimizer is not None:
         # The data order is a function of (seed, step), so `step` is also the position in the data; nothing
         # else draws random numbers after initialisation, so no random-number state is needed.
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / TRAIN_STATE)
+        state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        torch.save({"step": step, "optimizer": state}, tmp / TRAIN_STATE)
     for file in (tmp, *tmp.rglob("*")):  # readable by others, like the rest of the run (safetensors writes 0600)
         os.chmod(file, 0o755 if file.is_dir() else 0o644)
     if final.exists():
@@ -184,13 +186,17 @@ def check_resumable(path: str | Path) -> None:
     _read_train_state(folder, mmap=True)
 
 
-def load_train_state(path: str | Path, model: QwenLM, optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights and optimizer state from a checkpoint; return the step to continue from."""
+def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer, load=None) -> int:
+    """Restore the optimizer state of a checkpoint; return the step to continue from. load(optimizer, state) puts
+    the saved state_dict() into the optimizer: by default optimizer.load_state_dict, which moves the moments to
+    the parameters' device; distributed.load_optimizer_state gives each of several processes its part."""
     folder = find_checkpoint(path)
-    load_weights(model, folder)
     state = _read_train_state(folder)
     try:
-        optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        if load is None:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            load(optimizer, state["optimizer"])
     except (KeyError, TypeError, ValueError) as e:
         raise _train_state_damaged(folder, f"it does not hold this model's optimizer state: {e}") from None
     return state["step"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .distributed import grad_norm
 from .files import write_text_atomic
 
 # ----------------------------------------------------------------------------- measurements
@@ -28,12 +29,9 @@ from .files import write_text_atomic
 
 def layer_grad_norms(model: nn.Module) -> dict[str, list[float]]:
     """L2 norm of the gradient of each block's attention half (attn_norm + attn) and feed-forward half
-    (ffn_norm + MoE or MLP). Call between backward() and the optimizer step (before clipping)."""
-    def norm(modules):
-        grads = [p.grad.float().norm() for m in modules for p in m.parameters() if p.grad is not None]
-        return torch.stack(grads).norm() if grads else torch.zeros(())
-
-    norms = torch.stack([torch.stack([norm([b.attn_norm, b.attn]), norm([b.ffn_norm, b.ffn])])
+    (ffn_norm + MoE or MLP), over all processes (distributed.grad_norm). Call between backward() and the optimizer
+    step (before clipping)."""
+    norms = torch.stack([torch.stack([grad_norm([b.attn_norm, b.attn]), grad_norm([b.ffn_norm, b.ffn])])
                          for b in model.blocks]).tolist()  # one device sync for all layers
     return {"attn": [a for a, _ in norms], "ffn": [f for _, f in norms]}
 

@@ -7,6 +7,11 @@ The objective is next-token cross-entropy plus router_aux_loss_coef times the lo
 minimised by AdamW under a one-cycle cosine learning-rate schedule (optim.py), with gradient clipping,
 bfloat16 autocast around fp32 master weights, and optionally torch.compile. Everything a run writes goes to
 out_dir: the checkpoint (checkpoint.py), metrics.jsonl (monitoring.py) and analytics/*.png (plots.py).
+
+    torchrun --nproc_per_node N -m qwen_minimal.train --preset ...
+
+trains on N processes, the same run as in one process (distributed.py): data parallel (DDP) by default, sharded
+with --parallel fsdp, with the experts spread over the processes with --expert_parallel true.
 """
 from __future__ import annotations
 
@@ -19,16 +24,17 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from . import balancing, checkpoint, monitoring, plots
+from . import balancing, checkpoint, distributed, monitoring, plots
 from .cli import add_field_options, exit_on_input_error, reject_unknown
 from .config import ModelConfig
 from .data import Corpus, load_corpus, random_blocks, sequential_blocks
-from .devices import describe, peak_flops, resolve_device
+from .devices import describe, peak_flops
 from .errors import InputError, check_at_least, check_known_fields
 from .model import QwenLM
 from .optim import BETAS, WEIGHT_DECAY, make_optimizer, one_cycle_lr, set_lr
@@ -69,6 +75,11 @@ class TrainConfig:
     dtype: str = field(default="bfloat16", metadata={
         "help": "autocast dtype: bfloat16 (weights stay fp32) or float32"})
     compile: bool = field(default=True, metadata={"help": "torch.compile the model for training steps"})
+    parallel: str = field(default="ddp", metadata={
+        "help": "under torchrun, how the processes share the model: each holds all of it (ddp), or 1/N of every "
+                "weight, gradient and AdamW moment (fsdp)", "choices": distributed.PARALLEL})
+    expert_parallel: bool = field(default=False, metadata={
+        "help": "under torchrun, with parallel=ddp: each process holds num_experts / N experts of every MoE layer"})
     seed: int = field(default=1337, metadata={"help": "seeds the initialisation and the data order"})
 
     def __post_init__(self):
@@ -90,6 +101,11 @@ class TrainConfig:
             raise InputError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.dtype not in ("bfloat16", "float32"):
             raise InputError(f"dtype={self.dtype!r}: choose 'bfloat16' or 'float32'")
+        if self.parallel not in distributed.PARALLEL:
+            raise InputError(f"parallel={self.parallel!r}: choose one of {', '.join(distributed.PARALLEL)}")
+        if self.expert_parallel and (self.parallel != "ddp" or not self.model.use_moe):
+            raise InputError("expert_parallel=true spreads the experts of a MoE model (model.use_moe=true) over the "
+                             "processes and keeps the rest data parallel: use it with parallel=ddp")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -169,7 +185,7 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     meter = Meter(config.batch_size * config.block_size)
     with stop_on_ctrl_c() as ctrl_c:
         for step in range(run.start, end):
-            if ctrl_c["stop"]:
+            if distributed.any_rank(ctrl_c["stop"], run.device):  # every process stops at the same step
                 break
             if step % config.eval_interval == 0:
                 with meter.paused():
@@ -183,21 +199,23 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
             stats = train_step(run, batch_at(step, run.corpus.train, config, run.device), monitor_now)
             meter.add(stats)
             if monitor_now:
-                run.metrics.log(monitor_record(step, stats))
+                run.log(monitor_record(step, stats))
             if (step + 1) % config.log_interval == 0 or step + 1 == end:
                 log_train(run, meter.record(step, lr, run))
         else:
             step = end
-        interrupted = ctrl_c["stop"]
+        interrupted = distributed.any_rank(ctrl_c["stop"], run.device)
     if step == config.max_steps:
         log_eval(run, step)
     save(run, step)
     run.bar.close()
-    if interrupted:
-        print(f"Interrupted at step {step}: checkpoint saved. Continue with\n"
-              f"  python -m qwen_minimal.train --out_dir {run.out_dir} --resume", file=sys.stderr)
-    print(f"Saved checkpoint, metrics.jsonl and analytics/ in {run.out_dir}")
-    return TrainResult(run.model, config, run.metrics.records, run.out_dir, step, interrupted, run.corpus.tokenizer)
+    if distributed.is_main():
+        if interrupted:
+            print(f"Interrupted at step {step}: checkpoint saved. Continue with\n"
+                  f"  python -m qwen_minimal.train --out_dir {run.out_dir} --resume", file=sys.stderr)
+        print(f"Saved checkpoint, metrics.jsonl and analytics/ in {run.out_dir}")
+    return TrainResult(run.model, config, run.metrics.records if run.metrics else [], run.out_dir, step,
+                       interrupted, run.corpus.tokenizer)
 
 
 # ----------------------------------------------------------------------------- setting up a run
@@ -209,17 +227,25 @@ class Run:
     config: TrainConfig
     device: torch.device
     corpus: Corpus
-    model: QwenLM               # fp32 master weights
-    step_model: torch.nn.Module  # the model as training steps call it: compiled, or the model itself
+    model: QwenLM               # fp32 master weights (this process's part of them, with fsdp or expert_parallel)
+    parallel_model: torch.nn.Module  # the model as the processes share it (distributed.parallelize): DDP, or model
+    step_model: torch.nn.Module  # parallel_model as training steps call it: compiled, or itself
     optimizer: torch.optim.Optimizer
     autocast: object            # the context that each forward pass runs in
-    metrics: monitoring.MetricsLog
+    metrics: monitoring.MetricsLog | None  # None on all processes but the first: only rank 0 writes
     start: int                  # the first step of this session
     bar: tqdm
 
     @property
     def out_dir(self) -> Path:
         return Path(self.config.out_dir)
+
+    def log(self, record: dict, line: str | None = None) -> None:
+        """Rank 0 appends the record to metrics.jsonl and prints the line; the other processes stay quiet."""
+        if self.metrics is not None:
+            self.metrics.log(record)
+            if line is not None:
+                self.bar.write(line)
 
 
 def start_run(config: TrainConfig, resume: bool) -> Run:
@@ -230,24 +256,34 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
                          f"run, or choose another --out_dir, or delete {out_dir}")
     if resume:  # a damaged checkpoint fails now, not after the corpus is tokenized (minutes, the first time)
         checkpoint.check_resumable(out_dir)
-    device = resolve_device(config.device)
-    corpus = load_corpus(config.data, config.tokenizer)
+    device = distributed.start(config.device)  # under torchrun: joins the other processes
+    distributed.check_batch(config.batch_size, config.grad_accum_steps)
+    with distributed.main_first():  # rank 0 tokenizes into the cache, the others then read it
+        corpus = load_corpus(config.data, config.tokenizer)
     if config.model.vocab_size != corpus.vocab_size:  # the model's vocabulary is the tokenizer's
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=corpus.vocab_size))
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
     model = QwenLM(config.model).to(device)  # fp32 master weights; autocast computes in bf16
+    if resume:
+        restore_weights(config, model)
+    parallel_model = distributed.parallelize(model, config.parallel, config.expert_parallel)
     optimizer = make_optimizer(model, config.lr, (config.beta1, config.beta2), config.weight_decay, device)
-    start = restore(config, model, optimizer) if resume else 0
+    start = 0
+    if resume:  # now that the processes share the model, each takes its part of the saved optimizer state
+        start = checkpoint.load_optimizer_state(out_dir, optimizer, partial(distributed.load_optimizer_state, model))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.dtype == "bfloat16" else nullcontext()
-    return Run(config, device, corpus, model, torch.compile(model) if config.compile else model, optimizer,
-               autocast, monitoring.MetricsLog(out_dir / "metrics.jsonl", keep_before=start if resume else None),
-               start, tqdm(total=config.max_steps, initial=start, disable=not config.progress, dynamic_ncols=True,
-                           desc="train"))
+    main = distributed.is_main()
+    metrics = monitoring.MetricsLog(out_dir / "metrics.jsonl", keep_before=start if resume else None) if main else None
+    return Run(config, device, corpus, model, parallel_model,
+               torch.compile(parallel_model) if config.compile else parallel_model, optimizer, autocast, metrics, start,
+               tqdm(total=config.max_steps, initial=start, disable=not (config.progress and main), dynamic_ncols=True,
+                    desc="train"))
 
 
-def restore(config: TrainConfig, model: QwenLM, optimizer) -> int:
-    """Load the checkpoint in config.out_dir into model and optimizer, after checking that it is of the same
-    model; say which training settings differ from the saved ones. Returns the step to continue from."""
+def restore_weights(config: TrainConfig, model: QwenLM) -> None:
+    """Load the weights of the checkpoint in config.out_dir into model, after checking that it is of the same model;
+    say which training settings differ from the saved ones. (The optimizer state follows once the processes
+    share the model: distributed.load_optimizer_state.)"""
     saved = checkpoint.read_config(config.out_dir)
     asked = config.model.to_dict()
     saved_model = checkpoint.model_config(config.out_dir).to_dict()
@@ -257,29 +293,36 @@ def restore(config: TrainConfig, model: QwenLM, optimizer) -> int:
                          f"resume with the same model settings, or start a new run in another out_dir")
     changed = {k: (v, getattr(config, k)) for k, v in (saved["train"] or {}).items()
                if k != "model" and v != getattr(config, k, v)}
-    start = checkpoint.load_train_state(config.out_dir, model, optimizer)
-    print(f"Resuming {config.out_dir} at step {start}"
-          + (f"; changed settings (saved, now): {changed}" if changed else ""))
-    return start
+    checkpoint.load_weights(model, config.out_dir)
+    if distributed.is_main():
+        print(f"Resuming {config.out_dir} at step {saved['step']}"
+              + (f"; changed settings (saved, now): {changed}" if changed else ""))
 
 
 def print_banner(run: Run, end: int) -> None:
-    c, model = run.config, run.model
+    if not distributed.is_main():
+        return
+    c, model, processes = run.config, run.model, distributed.world_size()
     print(f"Data: {run.corpus.source}")
     print(f"Model: {model.num_parameters():,} parameters, {model.num_parameters(active=True):,} active per token; "
           f"{model.flops_per_token(c.block_size, training=True) / 1e6:.1f} MFLOP per token per training step")
-    print(f"Training on {describe(run.device)} ({c.dtype}{', compiled' if c.compile else ''}): steps {run.start} -> "
-          f"{end} of {c.max_steps}, {c.batch_size * c.block_size:,} tokens per step; output in {run.out_dir}")
+    sharing = "" if processes == 1 else (f" x {processes} processes ({c.parallel}"
+                                         f"{', experts spread over them' if c.expert_parallel else ''})")
+    print(f"Training on {describe(run.device)}{sharing} ({c.dtype}{', compiled' if c.compile else ''}): steps "
+          f"{run.start} -> {end} of {c.max_steps}, {c.batch_size * c.block_size:,} tokens per step; output in "
+          f"{run.out_dir}")
 
 
 # ----------------------------------------------------------------------------- one step
 
 
 def batch_at(step: int, data, config: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training batch of `step`: a function of (seed, step) alone, so a resumed run sees exactly
-    the batches the uninterrupted run would have seen."""
+    """This process's part of the training batch of `step` (all of it in one process). The batch is a function of
+    (seed, step) alone, so a resumed run sees exactly the batches the uninterrupted run would have seen, and every
+    process draws the same one and keeps its rows (distributed.rank_rows)."""
     generator = torch.Generator().manual_seed((config.seed << 32) + step)
-    return random_blocks(data, config.batch_size, config.block_size, generator=generator, device=device)
+    batch = random_blocks(data, config.batch_size, config.block_size, generator=generator, device=device)
+    return tuple(distributed.rank_rows(t, config.grad_accum_steps) for t in batch)
 
 
 @dataclass
@@ -287,7 +330,7 @@ class StepStats:
     lm_loss: torch.Tensor                    # mean over the micro-batches, on the device (no sync)
     aux_loss: torch.Tensor | None            # the balancing loss trained on (None: dense, or bias balancing)
     grad_norm: torch.Tensor                  # before clipping
-    tokens_per_expert: torch.Tensor | None   # [L, E] summed over the micro-batches
+    tokens_per_expert: torch.Tensor | None   # [L, E] summed over the micro-batches and processes
     grad_norms: dict | None = None           # monitoring steps only: per layer, attention and feed-forward
     activations: list | None = None          # monitoring steps only: (mean, std) of every block's output
 
@@ -295,29 +338,32 @@ class StepStats:
 def train_step(run: Run, batch: tuple[torch.Tensor, torch.Tensor], monitor: bool) -> StepStats:
     """Forward and backward over the batch in grad_accum_steps micro-batches, then clip and take one AdamW
     step (and, for bias balancing, move the selection biases). Monitoring steps run the uncompiled model, so that
-    its hooks never make torch.compile retrace."""
+    its hooks never make torch.compile retrace. With several processes, each runs its part of every micro-batch;
+    the gradients are averaged after the last one, and the expert counts summed after each."""
     config, model = run.config, run.model
     n, coef = config.grad_accum_steps, config.model.router_aux_loss_coef
-    lm, aux, load = 0.0, None, None  # load: [L, E] assignments per expert in this step so far
+    lm, aux, load = 0.0, None, None  # load: [L, E] assignments per expert in this step so far, every process's
     with monitoring.record_activations(model) if monitor else nullcontext() as activations:
-        for x, y in zip(*(t.chunk(n) for t in batch)):
-            with run.autocast:
-                out = (model if monitor else run.step_model)(x, y)
-            if out.routing is not None:
-                load = out.tokens_per_expert if load is None else load + out.tokens_per_expert
-            balance = balancing.training_loss(config.model, out, load)
-            loss = out.lm_loss if balance is None else out.lm_loss + coef * balance
-            (loss / n).backward()
+        for i, (x, y) in enumerate(zip(*(t.chunk(n) for t in batch))):
+            with distributed.gradient_sync(run.parallel_model, last=i == n - 1):
+                with run.autocast:
+                    out = (run.parallel_model if monitor else run.step_model)(x, y)
+                if out.routing is not None:
+                    counts = distributed.sum_over_ranks(out.tokens_per_expert)
+                    load = counts if load is None else load + counts
+                balance = balancing.training_loss(config.model, out, load)
+                loss = out.lm_loss if balance is None else out.lm_loss + coef * balance
+                (loss / n).backward()
             lm = lm + out.lm_loss.detach() / n
             if balance is not None:
                 aux = (0.0 if aux is None else aux) + balance.detach() / n
     grad_norms = monitoring.layer_grad_norms(model) if monitor else None
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
+    norm = distributed.clip_grad_norm(model, config.grad_clip or float("inf"))
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if config.model.load_balancing == "bias":
         balancing.update_bias(model, load)
-    # the first micro-batch's activation statistics: one (mean, std) per block
+    # the first micro-batch's activation statistics (of this process's part of it): one (mean, std) per block
     return StepStats(lm, aux, norm.detach(), load, grad_norms,
                      activations[:config.model.num_layers] if monitor else None)
 
@@ -354,16 +400,17 @@ class Meter:
     def record(self, step: int, lr: float, run: Run) -> dict:
         """The train record of the window that ends at `step`, and a new window."""
         n = self.steps
-        lm = float(self.lm) / n  # the first .item()-like call since the last log: one device sync
+        lm = float(distributed.mean_over_ranks(self.lm)) / n  # the first device sync since the last log
         seconds = time.perf_counter() - self.started - self.excluded
         record = {"kind": "train", "step": step, "loss": lm, "lm_loss": lm, "lr": lr,
                   "grad_norm": float(self.norm) / n, "tokens_per_s": n * self.tokens_per_step / seconds}
         if self.aux is not None:
-            record["aux_loss"] = float(self.aux) / n
+            record["aux_loss"] = float(distributed.mean_over_ranks(self.aux)) / n
             record["loss"] = lm + run.config.model.router_aux_loss_coef * record["aux_loss"]
         peak = peak_flops(run.device) if run.config.dtype == "bfloat16" else None
         if peak:
-            record["mfu"] = record["tokens_per_s"] * run.model.flops_per_token(run.config.block_size, True) / peak
+            record["mfu"] = (record["tokens_per_s"] * run.model.flops_per_token(run.config.block_size, True)
+                             / (peak * distributed.world_size()))  # of all the GPUs' peak
         if run.device.type == "cuda":  # the allocator's high-water mark since the start of the run
             record["peak_memory_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
         self.reset()
@@ -386,27 +433,29 @@ def monitor_record(step: int, stats: StepStats) -> dict:
 def evaluate(model: QwenLM, data, batch_size: int, block_size: int, device, autocast=nullcontext(),
              max_batches: int | None = None) -> float:
     """Mean next-token cross-entropy over the first max_batches batches of consecutive blocks
-    (always the same text, so successive evaluations are comparable)."""
+    (always the same text, so successive evaluations are comparable). With several processes each evaluates its
+    rows of every batch (distributed.eval_rows), and the sums are added up."""
     model.eval()
-    total, count = torch.zeros((), device=device, dtype=torch.float64), 0
+    total, count = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device)
     for x, y in sequential_blocks(data, batch_size, block_size, device, max_batches=max_batches):
+        x, y, counted = distributed.eval_rows(x, y)
         with autocast:
-            total += model(x, y).lm_loss.double() * y.numel()
-        count += y.numel()
+            loss = model(x, y).lm_loss.double()
+        if counted:
+            total, count = total + loss * y.numel(), count + y.numel()
     model.train()
-    return (total / count).item()
+    return (distributed.sum_over_ranks(total) / distributed.sum_over_ranks(count)).item()
 
 
 def log_eval(run: Run, step: int) -> None:
     c = run.config
     val_loss = evaluate(run.model, run.corpus.validation, c.batch_size // c.grad_accum_steps, c.block_size,
                         run.device, run.autocast, c.eval_batches)
-    run.metrics.log({"kind": "eval", "step": step, "val_loss": val_loss, "val_ppl": math.exp(val_loss)})
-    run.bar.write(f"step {step:6d} | validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):,.1f}")
+    run.log({"kind": "eval", "step": step, "val_loss": val_loss, "val_ppl": math.exp(val_loss)},
+            f"step {step:6d} | validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):,.1f}")
 
 
 def log_train(run: Run, r: dict) -> None:
-    run.metrics.log(r)
     line = f"step {r['step']:6d} | loss {r['lm_loss']:.4f}"
     if "aux_loss" in r:
         line += f" | aux {r['aux_loss']:.3f}"
@@ -415,14 +464,19 @@ def log_train(run: Run, r: dict) -> None:
         line += f" | MFU {100 * r['mfu']:.1f}%"
     if "peak_memory_gib" in r:
         line += f" | peak memory {r['peak_memory_gib']:.1f} GiB"
-    run.bar.write(line)
+    run.log(r, line)
     run.bar.set_postfix(loss=f"{r['lm_loss']:.3f}", lr=f"{r['lr']:.1e}")
 
 
 def save(run: Run, step: int) -> None:
+    """The checkpoint, as one process would save it whatever the number of processes (gathered on rank 0, which
+    writes it), and the plots."""
+    model, optimizer_state = distributed.gathered_state(run.model, run.optimizer)
+    if not distributed.is_main():
+        return
     train_settings = {k: v for k, v in run.config.to_dict().items() if k != "model"}  # the model's go on top
-    checkpoint.save_checkpoint(run.out_dir, run.model, step, train_config=train_settings,
-                               tokenizer=run.corpus.tokenizer, optimizer=run.optimizer)
+    checkpoint.save_checkpoint(run.out_dir, model, step, train_config=train_settings,
+                               tokenizer=run.corpus.tokenizer, optimizer=optimizer_state)
     plots.save_plots(run.metrics.records, run.out_dir / "analytics")
 
 
@@ -440,8 +494,9 @@ def stop_on_ctrl_c():
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (press again to abort at once)",
-              file=sys.stderr, flush=True)
+        if distributed.is_main():  # (torchrun passes the signal on to every process)
+            print("\nCtrl-C: stopping after this step and saving a checkpoint (press again to abort at once)",
+                  file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -468,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m qwen_minimal.train --preset cpu-tiny --max_steps 500 --model.hidden_size 256\n"
                "  python -m qwen_minimal.train --preset wikitext103            # the full bf16 GPU run\n"
                "  python -m qwen_minimal.train --out_dir runs/wikitext103 --resume  # continue a run\n"
+               "  torchrun --nproc_per_node 8 -m qwen_minimal.train --preset wikitext103  # on 8 GPUs (DDP)\n"
                "Ctrl-C saves a checkpoint before it stops; --resume continues on the same loss curve.")
     parser.add_argument("--preset", default="wikitext103", choices=sorted(TRAIN_PRESETS),
                         help="training preset (default wikitext103)")
@@ -506,6 +562,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
 def main(argv: list[str] | None = None) -> None:
     config, args = config_from_args(argv)
     result = train(config, resume=args.resume, stop_at=args.stop_at)
+    distributed.finish()
     if result.interrupted:
         sys.exit(130)  # the shell's code for "stopped by Ctrl-C"
 
