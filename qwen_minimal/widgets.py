@@ -4,9 +4,11 @@ Every figure is rendered once, at build time, for every slider position. The sli
 browser (`widgets.jslink`) to the `selected_index` of nested `widgets.Stack`s of `widgets.Image`s, so
 moving a slider only shows another precomputed picture. The widget state, images included, is saved in
 the executed notebook and embedded in the built page, so the sliders keep working without a kernel.
+Each picture holds twice the pixels it is shown with, so that it stays sharp on high-resolution screens.
 With ipywidgets 7 (no Stack widget, e.g. Colab's default) a Python callback swaps the image instead.
 """
 import io
+import struct
 from typing import Callable, Sequence
 
 import ipywidgets as widgets
@@ -20,6 +22,13 @@ def figure_to_png(fig: Figure, dpi: int = 80) -> bytes:
     fig.savefig(buffer, format="png", dpi=dpi)  # no bbox_inches="tight": equal sizes keep the page still
     plt.close(fig)
     return buffer.getvalue()
+
+
+def sharp_image(png: bytes) -> widgets.Image:
+    """An image widget showing `png` at half its pixel width: on a screen of two pixels per CSS pixel (a 2x
+    display) every pixel of the picture is one pixel of the screen."""
+    width = struct.unpack(">I", png[16:20])[0]  # the IHDR chunk, which every PNG starts with, holds the width
+    return widgets.Image(value=png, format="png", width=str(width // 2))
 
 
 def _placeholder(message: str, figsize) -> Figure:
@@ -43,7 +52,8 @@ def image_slider_explorer(
     subplots_adjust); pairs with k > num_experts show a note instead. `initial` is the
     (num_experts, k) pair shown first (default: the middle of each range). Display the returned widget
     as the last expression of a cell. Cost: len(experts) * len(experts_per_token) PNGs stored in the
-    notebook, so keep the grid small (tens of images) and `dpi` modest.
+    notebook, so keep the grid small (tens of images) and `dpi` modest. `dpi` is the displayed resolution
+    (CSS pixels per inch); the PNGs are rendered at twice that.
     """
     experts, experts_per_token = list(experts), list(experts_per_token)
     if not experts or not experts_per_token:
@@ -67,7 +77,7 @@ def image_slider_explorer(
                     raise ValueError(f"render({num_experts}, {k}) must return a matplotlib Figure, "
                                      f"got {type(fig).__name__}")
                 figsize = figsize or tuple(fig.get_size_inches())
-                pngs[num_experts, k] = figure_to_png(fig, dpi)
+                pngs[num_experts, k] = figure_to_png(fig, 2 * dpi)
     if not pngs:
         raise ValueError(f"no pair with experts_per_token <= number of experts in experts={experts}, "
                          f"experts_per_token={experts_per_token}")
@@ -75,7 +85,7 @@ def image_slider_explorer(
         for k in experts_per_token:
             if k > num_experts:
                 note = f"k = {k} > {num_experts} experts:\na token cannot choose more experts than exist"
-                pngs[num_experts, k] = figure_to_png(_placeholder(note, figsize), dpi)
+                pngs[num_experts, k] = figure_to_png(_placeholder(note, figsize), 2 * dpi)
 
     look = dict(style={"description_width": "170px"}, layout=widgets.Layout(width="480px"))
     experts_slider = widgets.SelectionSlider(options=experts, value=initial[0],
@@ -83,7 +93,7 @@ def image_slider_explorer(
     per_token_slider = widgets.SelectionSlider(options=experts_per_token, value=initial[1],
                                                description="experts per token (k)", **look)
     if not hasattr(widgets, "Stack"):  # ipywidgets 7 (Colab's default): needs the kernel to swap images
-        image = widgets.Image(value=pngs[initial], format="png")
+        image = sharp_image(pngs[initial])
 
         def show(_change):
             image.value = pngs[experts_slider.value, per_token_slider.value]
@@ -91,7 +101,7 @@ def image_slider_explorer(
         per_token_slider.observe(show, "value")
         return widgets.VBox([experts_slider, per_token_slider, image])
 
-    rows = [widgets.Stack([widgets.Image(value=pngs[e, k], format="png") for k in experts_per_token],
+    rows = [widgets.Stack([sharp_image(pngs[e, k]) for k in experts_per_token],
                           selected_index=experts_per_token.index(initial[1])) for e in experts]
     grid = widgets.Stack(rows, selected_index=experts.index(initial[0]))
     # jslink, not observe: the link lives in the browser, so it also works in the static book.

@@ -1,11 +1,18 @@
 """qwen_minimal.widgets: the slider explorer that also works in the static book (tests/browser moves it)."""
+import io
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import pytest
+from PIL import Image
 
 from qwen_minimal.widgets import image_slider_explorer
 
 calls = []
+
+
+def png_width(png: bytes) -> int:
+    return Image.open(io.BytesIO(png)).size[0]
 
 
 def render(num_experts, k):
@@ -33,6 +40,9 @@ def test_every_pair_is_precomputed_and_linked_in_the_browser(monkeypatch):
     pngs = [bytes(image.value) for row in grid.children for image in row.children]
     assert len(pngs) == 6 and all(png.startswith(b"\x89PNG") for png in pngs)
     assert len(set(pngs)) == 6, "every slider position must show its own picture"
+    # Sharp on a 2x display: each picture is shown at half its pixel width (a 3-inch figure at 80 dpi).
+    assert all(int(image.width) == 3 * 80 and png_width(bytes(image.value)) == 2 * 3 * 80
+               for row in grid.children for image in row.children)
     # The sliders drive the stacks through browser-side links (jslink), which keep working without a kernel.
     assert (experts_slider.model_id, "index", grid.model_id, "selected_index") in linked
     assert all((per_token_slider.model_id, "index", row.model_id, "selected_index") in linked

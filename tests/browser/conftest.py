@@ -1,7 +1,9 @@
 """Fixtures for the browser test of the built book: the site, a local web server, headless Chromium.
 
 Run after `make book` with `make browser-test` (pytest tests/browser). Needs Debian's chromium and
-chromium-driver; CHROMIUM and CHROMEDRIVER override their paths, BOOK_HTML the built site's folder.
+chromium-driver; CHROMIUM and CHROMEDRIVER override their paths, BOOK_HTML the built site's folder (default
+_build/html). A book built with `jupyter-book build . --path-output DIR` is in DIR/_build/html, and its
+screenshots go to DIR/_build/screenshots. test_demo_build.py needs a build on the offline demo corpus.
 """
 import functools
 import http.server

@@ -1,6 +1,9 @@
 """Open every page of the built book in headless Chromium and check what a reader would see:
 no JavaScript error, rendered math, loaded images, working internal links, nothing loaded from another
 host (the book must work offline), Colab buttons on the chapters, and MoE sliders that change the figure.
+Then whether the page reads well at the width of a laptop screen (1280 pixels): no code, output or equation
+wider than the text column, figures sharp on a 2x display and not squeezed, no Python warning or temporary
+path in an output, and every citation a link to its entry in the references.
 """
 import functools
 import html.parser
@@ -36,14 +39,20 @@ PAGES = toc_pages() + ["genindex", "search"]
 
 
 class _Anchors(html.parser.HTMLParser):
-    def __init__(self):
+    """The ids (and names) of a page's elements; with tag and class_name, of those elements only."""
+
+    def __init__(self, tag: str | None = None, class_name: str | None = None):
         super().__init__()
+        self.tag, self.class_name = tag, class_name
         self.ids = set()
 
     def handle_starttag(self, tag, attrs):
-        for name, value in attrs:
-            if name in ("id", "name") and value:
-                self.ids.add(value)
+        attrs = dict(attrs)
+        if self.tag and (tag != self.tag or self.class_name not in (attrs.get("class") or "").split()):
+            return
+        for name in ("id", "name"):
+            if attrs.get(name):
+                self.ids.add(attrs[name])
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,6 +153,121 @@ def test_page(browser, base_url, site, screenshots, page):
         colab = "https://colab.research.google.com/github/" + urlsplit(repository).path.strip("/")
         assert any(href.startswith(colab) and href.endswith(f"{page}.ipynb") for href in hrefs), \
             f"{page}: no Colab launch button for {page}.ipynb"
+
+
+# What a reader should not meet in a cell's output: a Python warning, or a path of the build machine's
+# temporary folders (tempfile's names are "tmp" and 8 characters).
+WARNING = re.compile(r"\b[A-Z]\w*Warning\b:?|\bWarning:")
+TEMP_PATH = re.compile(r"(?<![\w.])/tmp/|/var/folders/|\btmp[a-z0-9_]{8}\b")
+# A citation typed by hand instead of a {cite} role that links it to the references: "Ainslie et al., 2023",
+# "(Shazeer, 2019)", "(Zhang & Sennrich, 2019)" or "Zhang and Sennrich (2019)".
+TYPED_CITATION = re.compile(r"\b[A-Z][\w'-]+ et al\.,? \(?(?:19|20)\d\d"
+                            r"|\([A-Z][\w'-]+(?: (?:and|&) [A-Z][\w'-]+)?,? (?:19|20)\d\d[a-z]?[;)]"
+                            r"|\b[A-Z][\w'-]+ (?:and|&) [A-Z][\w'-]+ \((?:19|20)\d\d\)")
+SQUEEZED = 0.95  # a figure shown narrower than this share of its own width is squeezed: its labels shrink
+REFERENCES = "book/references"
+
+LAYOUT_PROBLEMS = r"""
+const article = document.querySelector('article.bd-article') || document.querySelector('main');
+const column = article.getBoundingClientRect();
+const problems = [];
+const excerpt = (el) => el.textContent.trim().replace(/\s+/g, ' ').slice(0, 70);
+// Code cells, outputs and code blocks: no sideways scrolling.
+for (const pre of article.querySelectorAll('pre')) {
+  if (pre.offsetParent === null) continue;  // hidden (a closed dropdown)
+  if (pre.scrollWidth > pre.clientWidth + 1)
+    problems.push(`code or output ${pre.scrollWidth} px wide in a ${pre.clientWidth} px box: ${excerpt(pre)}`);
+}
+// Anything in the text column that sticks out of it. A wide table scrolling in its own box is fine: then the
+// box is what must fit.
+const scrollBox = (el) => {
+  for (let e = el.parentElement; e && e !== article; e = e.parentElement)
+    if (['auto', 'scroll'].includes(getComputedStyle(e).overflowX)) return e;
+  return el;
+};
+for (const el of article.querySelectorAll('.cell_output > *, .cell_input, table, img, .widget-box')) {
+  const box = scrollBox(el).getBoundingClientRect();
+  if (box.width && box.right > column.right + 1)
+    problems.push(`${el.tagName.toLowerCase()}.${el.className} sticks out of the column by `
+                  + `${Math.round(box.right - column.right)} px: ${excerpt(el)}`);
+}
+// Display equations: as wide as the column at most (break long ones over lines).
+const items = window.MathJax && MathJax.startup && MathJax.startup.document
+  ? MathJax.startup.document.getMathItemsWithin(article) : [];
+for (const item of items) {
+  if (!item.display || !item.typesetRoot) continue;
+  const math = item.typesetRoot.querySelector('mjx-math') || item.typesetRoot;
+  const width = math.getBoundingClientRect().width, room = item.typesetRoot.parentElement.clientWidth;
+  if (width > room + 1)
+    problems.push(`equation ${Math.round(width)} px wide in a ${room} px column: `
+                  + item.math.trim().replace(/\s+/g, ' ').slice(0, 80));
+}
+// Figures: at least two image pixels per CSS pixel (sharp on a 2x display), unless SVG; not squeezed.
+for (const img of article.querySelectorAll('img')) {
+  const shown = img.getBoundingClientRect().width;
+  if (!shown || !img.naturalWidth) continue;  // hidden (another slider position), or not loaded
+  const src = img.currentSrc || img.src;
+  if (/\.svg(\?|#|$)|^data:image\/svg/.test(src)) continue;
+  const name = (img.getAttribute('alt') || src.split('/').pop()).slice(0, 60);
+  if (img.naturalWidth < 2 * shown - 1)
+    problems.push(`image ${name}: ${img.naturalWidth} pixels shown ${Math.round(shown)} px wide,`
+                  + ` less than 2 pixels per CSS pixel`);
+  const meant = parseFloat(img.getAttribute('width')) || img.naturalWidth / 2;
+  if (shown < arguments[0] * meant)
+    problems.push(`image ${name}: made for ${Math.round(meant)} px, squeezed to ${Math.round(shown)} px`);
+}
+return problems;"""
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_reads_well(browser, base_url, page):
+    """Nothing wider than the text column, sharp figures, no warnings or temporary paths in outputs."""
+    open_page(browser, base_url, page)
+    problems = browser.execute_script(LAYOUT_PROBLEMS, SQUEEZED)
+    outputs = browser.execute_script(
+        "return [...document.querySelectorAll('.cell_output')].map((e) => e.textContent)")
+    for text in outputs:
+        for pattern, what in ((WARNING, "a Python warning"), (TEMP_PATH, "a temporary-folder path")):
+            found = pattern.search(text)
+            if found:
+                start = max(0, found.start() - 40)
+                problems.append(f"{what} in an output: ...{text[start:found.end() + 40]!r}")
+    assert not problems, f"{page}: " + "\n  ".join([f"{len(problems)} problem(s):", *problems])
+
+
+@functools.lru_cache(maxsize=None)
+def reference_entries(site: Path) -> frozenset:
+    """The anchors of the entries of the references page."""
+    parser = _Anchors(tag="div", class_name="citation")
+    parser.feed((site / f"{REFERENCES}.html").read_text(encoding="utf-8"))
+    return frozenset(parser.ids)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_citations_link_to_the_references(browser, base_url, site, page):
+    open_page(browser, base_url, page)
+    found = browser.execute_script("""
+        const article = document.querySelector('article.bd-article') || document.querySelector('main');
+        const citations = [...article.querySelectorAll('.bibtex-citation')];
+        const prose = article.cloneNode(true);
+        prose.querySelectorAll('.bibtex-citation, pre, code, .cell_output, .citation, mjx-container')
+            .forEach((e) => e.remove());
+        return {citations: citations.map((c) => ({text: c.textContent,
+                                                  hrefs: [...c.querySelectorAll('a')].map((a) => a.href)})),
+                prose: prose.textContent};""")
+    entries = reference_entries(site)
+    problems = []
+    for citation in found["citations"]:
+        if not citation["hrefs"]:
+            problems.append(f"citation {citation['text']!r} links to nothing: is its key in references.bib?")
+        for href in citation["hrefs"]:
+            url = urlsplit(href)
+            if not unquote(url.path).endswith(f"/{REFERENCES}.html") or unquote(url.fragment) not in entries:
+                problems.append(f"citation {citation['text']!r} links to {href}, not to an entry of the references")
+    typed = sorted(set(TYPED_CITATION.findall(found["prose"])))
+    if typed:
+        problems.append(f"citations typed by hand, not linked to the references (use {{cite}}): {typed}")
+    assert not problems, f"{page}: " + "\n  ".join(problems)
 
 
 def visible_widget_image(container):
