@@ -3,8 +3,9 @@
 The same small MoE trained on the same data for the same steps under each load-balancing strategy of
 balancing.py, and beside them the dense model of the same active compute per token (a SwiGLU of hidden width
 k x the expert width), for one or more seeds. For every run it records the validation loss against the
-training FLOPs and, at the end, the expert load of every layer over the validation text: its KL divergence
-from uniform, the KL of the load averaged over layers (the original implementation's measure) and MaxVio.
+training FLOPs and, at the end, the expert load of every layer: its KL divergence from uniform, the KL of the
+load averaged over layers (the original implementation's measure) and MaxVio, as the trainer measured them on
+the batch of the last monitored step, and the KL of every layer on the validation text.
 It writes into --out_dir balance.json (every figure), balance.md (the table) and two figures:
   val_loss_vs_flops.png   validation loss against training FLOPs, every run
   kl_per_layer.png        each layer's KL to uniform during training, one panel per strategy (first seed)
@@ -57,9 +58,10 @@ def validation_load(model, validation, config: TrainConfig) -> torch.Tensor | No
     return load
 
 
-def run_variant(config: TrainConfig, validation) -> dict:
-    """Train one configuration; its validation curve against FLOPs, its KL during training, its end figures."""
-    result = train(config)
+def run_variant(config: TrainConfig, validation, train_fn=train) -> dict:
+    """Train one configuration (with train_fn, e.g. book.train_once); its validation curve against FLOPs, its KL
+    during training, its end figures."""
+    result = train_fn(config)
     c = result.config
     flops_per_step = result.model.flops_per_token(c.block_size, training=True) * c.batch_size * c.block_size
     run = {"val_loss": monitoring.of_kind(result.history, "eval")[-1]["val_loss"],
@@ -67,11 +69,12 @@ def run_variant(config: TrainConfig, validation) -> dict:
                      for r in monitoring.of_kind(result.history, "eval")],
            "kl_during_training": [{"step": r["step"], "kl_uniform": r["kl_uniform"]}
                                   for r in monitoring.of_kind(result.history, "monitor") if "kl_uniform" in r]}
-    load = validation_load(result.model, validation, c)
-    if load is not None:
-        run.update(tokens_per_expert=load.tolist(), kl_uniform=monitoring.kl_to_uniform(load).tolist(),
-                   kl_mean_load=monitoring.kl_of_mean_load(load),
-                   max_violation=monitoring.max_violation(load).tolist())
+    monitored = [r for r in monitoring.of_kind(result.history, "monitor") if "kl_uniform" in r]
+    if monitored:  # the trainer's measures on the batch of the last monitored step
+        last = monitored[-1]
+        run.update({key: last[key] for key in ("kl_uniform", "kl_mean_load", "max_violation")},
+                   monitored_step=last["step"])
+        run["validation_kl_uniform"] = monitoring.kl_to_uniform(validation_load(result.model, validation, c)).tolist()
     return run
 
 
@@ -83,7 +86,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
         losses = [r["val_loss"] for r in seeds]
         row = {"val_loss": statistics.mean(losses), "val_loss_spread": max(losses) - min(losses), "seeds": len(seeds)}
         if "kl_uniform" in seeds[0]:
-            for key in ("kl_uniform", "max_violation"):
+            for key in ("kl_uniform", "max_violation", "validation_kl_uniform"):
                 per_layer = [statistics.mean(r[key][layer] for r in seeds) for layer in range(len(seeds[0][key]))]
                 row[key] = per_layer
                 row[f"worst_{key}"] = statistics.mean(max(r[key]) for r in seeds)
@@ -94,15 +97,16 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 def markdown_table(table: dict[str, dict]) -> str:
     lines = ["| variant | validation loss (spread over seeds) | KL to uniform per layer | worst layer's KL | "
-             "KL of the layer-averaged load | MaxVio per layer |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "KL of the layer-averaged load | MaxVio per layer | worst layer's KL on validation text |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for variant, row in table.items():
         if "kl_uniform" in row:
             kl = " / ".join(f"{v:.3f}" for v in row["kl_uniform"])
             vio = " / ".join(f"{v:.2f}" for v in row["max_violation"])
-            cells = [kl, f"{row['worst_kl_uniform']:.3f}", f"{row['kl_mean_load']:.4f}", vio]
+            cells = [kl, f"{row['worst_kl_uniform']:.3f}", f"{row['kl_mean_load']:.4f}", vio,
+                     f"{row['worst_validation_kl_uniform']:.3f}"]
         else:
-            cells = ["(dense)"] * 4
+            cells = ["(dense)"] * 5
         lines.append(f"| {variant} | {row['val_loss']:.3f} ({row['val_loss_spread']:.3f}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -125,25 +129,31 @@ def plot_study(runs: dict[str, list[dict]]):
     fig_loss.tight_layout()
 
     moe = [v for v in runs if runs[v][0]["kl_during_training"]]
-    fig_kl, axes = plt.subplots(1, len(moe), figsize=(2.9 * len(moe), 3.4), sharey=True, squeeze=False)
+    columns = min(2, len(moe))
+    rows = -(-len(moe) // columns)
+    fig_kl, axes = plt.subplots(rows, columns, figsize=(7, 2.9 * rows + 0.6), sharey=True, squeeze=False)
     cmap = matplotlib.colormaps["viridis"]
-    for ax, variant in zip(axes[0], moe):
+    for ax, variant in zip(axes.flat, moe):
         points = runs[variant][0]["kl_during_training"]
         num_layers = len(points[0]["kl_uniform"])
         for layer in range(num_layers):
             ax.plot([p["step"] for p in points], [max(p["kl_uniform"][layer], 1e-4) for p in points],
                     color=cmap(layer / max(1, num_layers - 1)), label=f"layer {layer}")
-        ax.set(title=variant, xlabel="optimizer step", yscale="log")
+        ax.set(title=variant, xlabel="optimizer step", ylabel="KL to uniform (nats)", yscale="log")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("KL to uniform (nats)")
-    axes[0][-1].legend(fontsize=7)
+    for ax in axes.flat[len(moe):]:
+        ax.set_axis_off()
+    axes.flat[0].legend(fontsize=7)
     fig_kl.suptitle("Expert load of each layer during training")
     fig_kl.tight_layout()
     return fig_loss, fig_kl
 
 
-def study(base: TrainConfig, variants=VARIANTS, seeds=(0,), out_dir: str | Path | None = "analytics/balance") -> dict:
-    """Train every variant of `base` for every seed; write the results into out_dir (unless None) and return them."""
+def study(base: TrainConfig, variants=VARIANTS, seeds=(0,), out_dir: str | Path | None = "analytics/balance",
+          train_fn=train) -> dict:
+    """Train every variant of `base` for every seed (with train_fn); write the results into out_dir (unless None)
+    and return them. The KL figures of the table are the means over seeds; "worst" is the mean of each seed's
+    worst layer."""
     import matplotlib.pyplot as plt
 
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -157,7 +167,7 @@ def study(base: TrainConfig, variants=VARIANTS, seeds=(0,), out_dir: str | Path 
             for variant in variants:
                 config = variant_config(base, variant, seed, f"{scratch}/{variant}-{seed}")
                 print(f"== {variant}, seed {seed}")
-                runs[variant].append(run_variant(config, validation))
+                runs[variant].append(run_variant(config, validation, train_fn))
     settings = {k: v for k, v in base.to_dict().items() if k not in ("out_dir", "progress", "seed")}
     results = {"settings": settings, "seeds": list(seeds), "table": summarize(runs), "runs": runs}
     if out_dir is not None:

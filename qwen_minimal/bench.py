@@ -41,9 +41,11 @@ SHAPES = {
 
 
 def shape_config(shape: str) -> ModelConfig:
+    """The model of a benchmark shape, routed as transformers routes (no selection bias), so that both compute the
+    same function."""
     if shape not in SHAPES:
         raise InputError(f"unknown benchmark shape {shape!r}; choose one of {sorted(SHAPES)}")
-    return ModelConfig.preset("cpu-tiny", **SHAPES[shape])
+    return ModelConfig.preset("cpu-tiny", **SHAPES[shape], load_balancing="joint")
 
 
 # What "flat" and "grows" mean in numbers, for latency_growth (see latency_summary); reported, never asserted.

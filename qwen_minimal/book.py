@@ -39,6 +39,7 @@ FIGURE_STYLE = {"figure.figsize": (7.0, 3.8), "figure.dpi": 100, "font.size": 10
 NOTE_CLASS = "corpus-note"  # tests/browser finds the notes by these classes
 DEMO_CLASS = "corpus-demo"
 BOOK_RUNS = "book-runs"
+TRAIN_LOG = "train.log"  # beside a run's checkpoint: what train printed, as train_once showed it
 COLUMNS = 88  # characters of code or printed output that fit the text column (book/_static/book.css)
 
 
@@ -148,20 +149,28 @@ def train_once(config: TrainConfig, quiet: bool = False) -> TrainResult:
     same data is there already, that run loaded without training: chapter 8 trains a run and chapter 9 reuses it,
     and a rebuilt book trains nothing. An unfinished run there (stopped by Ctrl-C) is resumed. config.out_dir is
     ignored. A loaded run's model is in eval mode, its tokenizer the copy saved with the checkpoint.
+    The training log is printed when training ends, its lines fitted to the column and the machine's cache folder
+    shown as book-runs/<name>; it is kept with the run (TRAIN_LOG) and printed again when the run is loaded.
     quiet: one line instead of the training log, for a page that reuses a run another page shows training."""
     folder = run_folder(config, load_corpus(config.data, config.tokenizer))
-    where = f"the cache ({BOOK_RUNS}/{folder.name})"
+    where = f"{BOOK_RUNS}/{folder.name}"
     try:
         step = checkpoint.read_config(folder)["step"]
     except MissingInputError:
         step = None
     if step != config.max_steps:
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
             result = train(dataclasses.replace(config, out_dir=str(folder)), resume=step is not None)
-        if quiet:
-            print(f"Trained this run now, {result.step} steps, and kept it in {where}.")
+        text = wrap(log.getvalue().replace(str(folder), where).rstrip("\n"))
+        (folder / TRAIN_LOG).write_text(text + "\n")
+        print(f"Trained this run now, {result.step} steps, and kept it in the cache ({where}).")
+        if not quiet:
+            print(text)
         return result
-    print(f"Loaded this run from {where}: {step} steps, no training.")
+    print(f"Loaded this run from the cache ({where}): {step} steps, no training.")
+    if not quiet and (folder / TRAIN_LOG).is_file():
+        print("Its training log:\n" + (folder / TRAIN_LOG).read_text().rstrip("\n"))
     return TrainResult(model=checkpoint.load_model(folder), config=TrainConfig.from_run(folder),
                        history=read_metrics(folder / "metrics.jsonl"), out_dir=folder, step=step,
                        interrupted=False, tokenizer=checkpoint.saved_tokenizer(folder))

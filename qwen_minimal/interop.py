@@ -75,7 +75,8 @@ def config_from_transformers(hf_config) -> ModelConfig:
                       expert_intermediate_size=_field(hf_config, "moe_intermediate_size"),
                       norm_topk_prob=_field(hf_config, "norm_topk_prob"),
                       router_aux_loss_coef=_field(hf_config, "router_aux_loss_coef"))
-    return ModelConfig(**fields)
+    # transformers trains with the joint loss, and its routers have no selection bias.
+    return ModelConfig(**fields, load_balancing="joint")
 
 
 def transformers_config(config: ModelConfig):

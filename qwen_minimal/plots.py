@@ -10,6 +10,9 @@ import torch
 
 from .monitoring import of_kind
 
+# Two panels one above the other, 7 inches wide: a book's text column or a laptop screen shows them unscaled.
+PANELS_FIGSIZE = (7, 6.4)
+
 
 def _layer_colors(n: int):
     cmap = matplotlib.colormaps["viridis"]
@@ -19,7 +22,7 @@ def _layer_colors(n: int):
 def plot_losses(records: list[dict]):
     """Training and validation loss (left) and the load-balancing loss (right) against the step."""
     train, evals = of_kind(records, "train"), of_kind(records, "eval")
-    fig, (ax, ax_aux) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax_aux) = plt.subplots(2, 1, figsize=PANELS_FIGSIZE)
     ax.plot([r["step"] for r in train], [r["lm_loss"] for r in train], label="training (cross-entropy)")
     ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
     ax.set(title="Language-modelling loss", xlabel="optimizer step", ylabel="loss (nats per token)")
@@ -49,7 +52,7 @@ def _per_layer_panels(records: list[dict], panels: list[tuple[str, str, str]], l
     mon = of_kind(records, "monitor")
     steps = [r["step"] for r in mon]
     num_layers = len(mon[0][panels[0][0]]) if mon else 0
-    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4), sharey=axes_settings.pop("sharey", False))
+    fig, axes = plt.subplots(len(panels), 1, figsize=PANELS_FIGSIZE, sharey=axes_settings.pop("sharey", False))
     for ax, (key, title, ylabel) in zip(axes, panels):
         for layer, color in enumerate(_layer_colors(num_layers)):
             ax.plot(steps, [r[key][layer] for r in mon], color=color, label=f"{legend} {layer}")
@@ -105,7 +108,7 @@ def plot_expert_kl(records: list[dict]):
     """Expert load against the step: each layer's KL divergence from uniform, with the KL of the load averaged
     over layers (the original run's measure) beside it, and each layer's maximal violation MaxVio."""
     mon = [r for r in of_kind(records, "monitor") if r.get("kl_uniform")]
-    fig, (ax_kl, ax_vio) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_kl, ax_vio) = plt.subplots(2, 1, figsize=PANELS_FIGSIZE)
     steps = [r["step"] for r in mon]
     num_layers = len(mon[0]["kl_uniform"]) if mon else 0
     for layer, color in enumerate(_layer_colors(num_layers)):
@@ -139,6 +142,6 @@ def save_plots(records: list[dict], folder: str | Path) -> list[Path]:
     for name, plot in PLOTS.items():
         fig = plot(records)
         paths.append(folder / f"{name}.png")
-        fig.savefig(paths[-1], dpi=100)
+        fig.savefig(paths[-1], dpi=150)
         plt.close(fig)
     return paths

@@ -213,7 +213,7 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
         if interrupted:
             print(f"Interrupted at step {step}: checkpoint saved. Continue with\n"
                   f"  python -m qwen_minimal.train --out_dir {run.out_dir} --resume", file=sys.stderr)
-        print(f"Saved checkpoint, metrics.jsonl and analytics/ in {run.out_dir}")
+        print(f"Saved checkpoint, metrics.jsonl and analytics/ in\n  {run.out_dir}")
     return TrainResult(run.model, config, run.metrics.records if run.metrics else [], run.out_dir, step,
                        interrupted, run.corpus.tokenizer)
 
@@ -300,17 +300,19 @@ def restore_weights(config: TrainConfig, model: QwenLM) -> None:
 
 
 def print_banner(run: Run, end: int) -> None:
+    """What is trained on what, in short lines (a terminal or a notebook column of ~88 characters)."""
     if not distributed.is_main():
         return
     c, model, processes = run.config, run.model, distributed.world_size()
-    print(f"Data: {run.corpus.source}")
-    print(f"Model: {model.num_parameters():,} parameters, {model.num_parameters(active=True):,} active per token; "
-          f"{model.flops_per_token(c.block_size, training=True) / 1e6:.1f} MFLOP per token per training step")
+    text, *rest = run.corpus.source.split("; ")
+    print(f"Data: {text}" + "".join(f"\n      {part}" for part in rest))
+    print(f"Model: {model.num_parameters():,} parameters, {model.num_parameters(active=True):,} active per token,\n"
+          f"       {model.flops_per_token(c.block_size, training=True) / 1e6:.1f} MFLOP per token per training step")
     sharing = "" if processes == 1 else (f" x {processes} processes ({c.parallel}"
                                          f"{', experts spread over them' if c.expert_parallel else ''})")
-    print(f"Training on {describe(run.device)}{sharing} ({c.dtype}{', compiled' if c.compile else ''}): steps "
-          f"{run.start} -> {end} of {c.max_steps}, {c.batch_size * c.block_size:,} tokens per step; output in "
-          f"{run.out_dir}")
+    print(f"Training on {describe(run.device)}{sharing} ({c.dtype}{', compiled' if c.compile else ''}),\n"
+          f"       steps {run.start} -> {end} of {c.max_steps}, {c.batch_size * c.block_size:,} tokens per step")
+    print(f"Output: {run.out_dir}")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -361,7 +363,7 @@ def train_step(run: Run, batch: tuple[torch.Tensor, torch.Tensor], monitor: bool
     norm = distributed.clip_grad_norm(model, config.grad_clip or float("inf"))
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if config.model.load_balancing == "bias":
+    if config.model.load_balancing == "bias" and load is not None:  # (a dense model has no experts to balance)
         balancing.update_bias(model, load)
     # the first micro-batch's activation statistics (of this process's part of it): one (mean, std) per block
     return StepStats(lm, aux, norm.detach(), load, grad_norms,

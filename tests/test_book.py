@@ -181,3 +181,16 @@ def test_a_quiet_run_says_one_line_instead_of_its_log(cache, tmp_path, capsys):
     loaded = capsys.readouterr().out.splitlines()
     assert len(trained) == 1 and trained[0].startswith(f"Trained this run now, {config.max_steps} steps")
     assert len(loaded) == 1 and loaded[0].startswith("Loaded this run from the cache")
+
+
+def test_the_training_log_fits_the_column_names_no_machine_folder_and_comes_back(cache, tmp_path, capsys):
+    config = micro_config(tmp_path)
+    book.train_once(config)
+    trained = capsys.readouterr().out
+    book.train_once(config)
+    loaded = capsys.readouterr().out
+    folder = book.run_folder(config, load_corpus())
+    log = trained.split("\n", 1)[1]
+    assert "validation loss" in log and str(cache) not in trained and f"book-runs/{folder.name}" in log
+    assert all(len(line) <= book.COLUMNS for line in trained.splitlines())
+    assert loaded.split("\n", 1)[1] == "Its training log:\n" + log
