@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import statistics
+import sys
 import tempfile
+import typing
 from pathlib import Path
 
 import torch
 
 from . import monitoring
-from .cli import add_field_options, exit_on_input_error, reject_unknown
+from .cli import add_field_options, exit_on_input_error, parse_value, reject_unknown
 from .config import LOAD_BALANCING, ModelConfig
 from .data import load_corpus, sequential_blocks
 from .errors import InputError
@@ -30,16 +33,39 @@ from .train import TRAIN_PRESETS, TrainConfig, train
 
 DENSE = "dense"
 VARIANTS = (*LOAD_BALANCING, DENSE)
+# The study behind the defaults (four seeds of cpu-tiny on the WikiText sample), its command in its "command".
+COMMITTED_RESULTS = Path(__file__).parent / "results" / "load_balancing.json"
+
+
+def parse_variant(variant: str) -> tuple[str, dict]:
+    """"global_batch@router_aux_loss_coef=0.03" -> ("global_batch", {"router_aux_loss_coef": 0.03}): a strategy
+    (or "dense") and ModelConfig fields that change for it alone."""
+    name, _, settings = variant.partition("@")
+    if name not in VARIANTS:
+        raise InputError(f"variant {variant!r}: the part before @ must be one of {', '.join(VARIANTS)}")
+    hints = typing.get_type_hints(ModelConfig)
+    fields = {}
+    for setting in filter(None, settings.split(",")):
+        key, _, value = setting.partition("=")
+        if key not in hints or not value:
+            raise InputError(f"variant {variant!r}: {setting!r} is not FIELD=VALUE with a ModelConfig field")
+        try:
+            fields[key] = parse_value(value, hints[key])
+        except argparse.ArgumentTypeError as e:
+            raise InputError(f"variant {variant!r}: {e}") from None
+    return name, fields
 
 
 def variant_config(base: TrainConfig, variant: str, seed: int, out_dir: str) -> TrainConfig:
-    """`base` under one load-balancing strategy, or as the dense model of the same active compute per token."""
-    m = base.model
-    if variant == DENSE:
+    """`base` under one load-balancing strategy, or as the dense model of the same active compute per token,
+    with the variant's own settings (parse_variant)."""
+    name, fields = parse_variant(variant)
+    m = dataclasses.replace(base.model, **fields)
+    if name == DENSE:
         model = dataclasses.replace(m, use_moe=False,
                                     intermediate_size=m.num_experts_per_tok * m.expert_intermediate_size)
     else:
-        model = dataclasses.replace(m, load_balancing=variant)
+        model = dataclasses.replace(m, load_balancing=name)
     return dataclasses.replace(base, model=model, seed=seed, out_dir=out_dir, progress=False)
 
 
@@ -150,16 +176,16 @@ def plot_study(runs: dict[str, list[dict]]):
 
 
 def study(base: TrainConfig, variants=VARIANTS, seeds=(0,), out_dir: str | Path | None = "analytics/balance",
-          train_fn=train) -> dict:
+          train_fn=train, command: str | None = None) -> dict:
     """Train every variant of `base` for every seed (with train_fn); write the results into out_dir (unless None)
     and return them. The KL figures of the table are the means over seeds; "worst" is the mean of each seed's
     worst layer."""
     import matplotlib.pyplot as plt
 
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or not variants or not seeds:
-        raise InputError(f"variants {list(variants)} and seeds {list(seeds)}: give at least one seed and variants "
-                         f"among {', '.join(VARIANTS)}")
+    if not variants or not seeds:
+        raise InputError(f"variants {list(variants)} and seeds {list(seeds)}: give at least one of each")
+    for variant in variants:
+        parse_variant(variant)  # every variant checked before the first run
     validation = load_corpus(base.data, base.tokenizer).validation
     runs = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory() as scratch:  # checkpoints are not kept
@@ -169,7 +195,7 @@ def study(base: TrainConfig, variants=VARIANTS, seeds=(0,), out_dir: str | Path 
                 print(f"== {variant}, seed {seed}")
                 runs[variant].append(run_variant(config, validation, train_fn))
     settings = {k: v for k, v in base.to_dict().items() if k not in ("out_dir", "progress", "seed")}
-    results = {"settings": settings, "seeds": list(seeds), "table": summarize(runs), "runs": runs}
+    results = {"command": command, "settings": settings, "seeds": list(seeds), "table": summarize(runs), "runs": runs}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qwen_minimal.balance", allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu-tiny", choices=sorted(TRAIN_PRESETS), help="training preset to vary")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
-                        help=f"what to train (default: all of {', '.join(VARIANTS)})")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
+                        help=f"what to train: {', '.join(VARIANTS)} (default: all), each optionally with model "
+                             f"fields of its own, e.g. joint@router_aux_loss_coef=0.01")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds, one run each (default 0 1)")
     parser.add_argument("--out_dir", default="analytics/balance", help="where the results go")
     add_field_options(parser.add_argument_group("training fields (of every run)"), TrainConfig,
@@ -204,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     fields = {k: v for k, v in vars(args).items() if k not in ("preset", "variants", "seeds", "out_dir")}
     model = {k[len("model."):]: v for k, v in fields.items() if k.startswith("model.")}
     base = TrainConfig.preset(args.preset, model=model, **{k: v for k, v in fields.items() if "." not in k})
-    results = study(base, tuple(args.variants), tuple(args.seeds), args.out_dir)
+    command = "python -m qwen_minimal.balance " + shlex.join(sys.argv[1:] if argv is None else argv)
+    results = study(base, tuple(args.variants), tuple(args.seeds), args.out_dir, command=command)
     print(markdown_table(results["table"]))
     print(f"wrote balance.json, balance.md, val_loss_vs_flops.png and kl_per_layer.png in {args.out_dir}")
     return results

@@ -513,7 +513,8 @@ def stop_on_ctrl_c():
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qwen_minimal.train", allow_abbrev=False,
-        usage="%(prog)s [--preset NAME] [--resume] [--stop_at N] [--FIELD VALUE ...] [--model.FIELD VALUE ...]",
+        usage="%(prog)s [--preset NAME] [--resume] [--stop_at N]\n"
+              "       [--FIELD VALUE ...] [--model.FIELD VALUE ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train the qwen_minimal MoE language model.\n\n"
                     "Start from a preset and override any field: a training field as --FIELD VALUE, a model\n"

@@ -1,6 +1,11 @@
 """qwen_minimal.book: a run trained once into the cache and loaded afterwards, the note that says which data a page
 ran on (an admonition on the offline demo corpus), and the chapters' figure settings. Runs offline."""
+import ast
 import copy
+import inspect
+import io
+import textwrap
+import tokenize
 import warnings
 from types import SimpleNamespace
 
@@ -9,9 +14,10 @@ import matplotlib
 import pytest
 import torch
 
-from qwen_minimal import book, train
+from qwen_minimal import book, distributed, train
 from qwen_minimal.data import DemoDataWarning, load_corpus
 from qwen_minimal.data.tokenizer import DEMO_NAME
+from qwen_minimal.expert_parallel import ExpertParallelExperts
 from test_train import micro_config
 
 pytestmark = pytest.mark.usefixtures("offline_data")  # the fixtures' corpus and tokenizer are the defaults
@@ -162,6 +168,48 @@ def test_wrap_breaks_only_long_lines_and_keeps_their_indentation():
     folded = lines[2:-1]
     assert len(folded) > 1 and all(len(line) <= 50 and line.startswith("    word") for line in folded)
     assert " ".join(line.strip() for line in folded) == long_line.strip()
+
+
+def same_code(a: str, b: str) -> bool:
+    """Whether two sources are the same program with the same comments: the same syntax tree (the strings' words
+    compared, for docstrings wrapped again) and the same words in their comments."""
+    def tree(code):
+        parsed = ast.parse(code)
+        for node in ast.walk(parsed):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                node.value = " ".join(node.value.split())
+        return ast.dump(parsed)
+
+    def comments(code):
+        tokens = tokenize.generate_tokens(io.StringIO(code).readline)
+        return " ".join(t.string.lstrip("#") for t in tokens if t.type == tokenize.COMMENT).split()
+    return tree(a) == tree(b) and comments(a) == comments(b)
+
+
+def test_fit_code_folds_lines_without_changing_the_code():
+    code = textwrap.dedent("""
+        def f(values):
+            if values:  # a comment long enough to push this line past the width of the page
+                total = sum(value * 2 for value in values if value is not None and value > 0)
+            note = "a string that cannot be broken without changing it, so it stays whole"
+            return total, note  # short
+    """)
+    fitted = book.fit_code(code, width=60).split("\n")
+    assert same_code("\n".join(fitted), code)
+    assert [line for line in fitted if len(line) > 60] == [line for line in code.split("\n") if "note =" in line]
+    assert fitted[2:5] == ["    if values:", "        # a comment long enough to push this line past the",
+                           "        # width of the page"]  # a comment after a colon: the top of the block
+    assert fitted[-2] == "    return total, note  # short"  # lines that fit stay as they are
+
+
+@pytest.mark.parametrize("obj", [distributed.parallelize, ExpertParallelExperts.forward, train.train],
+                         ids=lambda obj: obj.__qualname__)
+def test_the_package_code_a_chapter_shows_fits_the_page(obj):
+    code = textwrap.dedent(inspect.getsource(obj))
+    shown = book.source(obj)
+    assert isinstance(shown, IPython.display.Code) and max(map(len, code.splitlines())) > book.COLUMNS
+    assert all(len(line) <= book.COLUMNS for line in shown.data.splitlines()), shown.data
+    assert same_code(shown.data, code)
 
 
 def test_glue_hands_every_value_to_myst_nb_without_showing_it(monkeypatch):
