@@ -1,6 +1,7 @@
-"""Draw book/figures/architecture.png, the model diagram on the landing page.
+"""Draw book/figures/architecture.svg, the model diagram on the landing page (book/intro.md).
 
-Run `python book/figures/architecture.py` after changing it; the PNG is committed.
+Run `python book/figures/architecture.py` after changing it; the SVG is committed. A vector drawing stays sharp
+at any size and on any screen; its text is drawn as outlines, so it looks the same whatever fonts the reader has.
 """
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def plus(ax, x, y):
 
 def decoder_stack(ax):
     """Left panel: token ids -> embedding -> N decoder blocks -> final norm -> LM head -> probabilities."""
-    x, w = 2.5, 3.2
+    x, w = 2.5, 3.5
     box(ax, x, 0.5, w, 0.55, "token ids  (ch. 1)", COLORS["io"])
     box(ax, x, 1.5, w, 0.55, "token embedding", COLORS["io"])
     # the repeated decoder block
@@ -53,7 +54,7 @@ def decoder_stack(ax):
     for y_from, y_to in [(2.3, 4.65), (4.9, 7.3)]:
         ax.plot([x, 0.6, 0.6], [y_from, y_from, y_to], color="#333333", linewidth=1.2)
         arrow(ax, (0.6, y_to), (x - 0.16, y_to))
-    ax.text(0.75, 3.1, "residual", rotation=90, ha="center", va="center", fontsize=9, color="#555555")
+    ax.text(0.47, 3.1, "residual", rotation=90, ha="center", va="center", fontsize=9, color="#555555")
     ax.set_title("The decoder: N identical blocks", fontsize=14)
 
 
@@ -61,7 +62,7 @@ def moe_detail(ax):
     """Right panel: the router scores E experts per token, the top-k run, their outputs are mixed."""
     num_experts, chosen = 8, {2: 0.62, 5: 0.38}  # illustrative router weights
     box(ax, 5, 0.6, 6.2, 0.55, "hidden state of one token", COLORS["io"])
-    box(ax, 5, 1.9, 6.2, 0.7, "router: softmax over the E experts,\nkeep the top-k, renormalise",
+    box(ax, 5, 1.9, 6.2, 0.7, "router: softmax over the E experts,\nkeep the top k, renormalise",
         COLORS["router"])
     arrow(ax, (5, 0.88), (5, 1.55))
     xs = [1.0 + i * 8.0 / (num_experts - 1) for i in range(num_experts)]
@@ -76,8 +77,9 @@ def moe_detail(ax):
     box(ax, 5, 6.4, 6.2, 0.65, "weighted sum of the k outputs", COLORS["moe"])
     arrow(ax, (5, 6.73), (5, 7.35))
     box(ax, 5, 7.65, 6.2, 0.55, "MoE output for this token", COLORS["io"])
-    ax.text(5, 8.8, f"E = {num_experts} SwiGLU experts, top-k = {len(chosen)}: only the green ones run\n"
-            "for this token, so the compute per token stays small\nwhile the parameter count grows with E.",
+    ax.text(5, 8.8, f"E = {num_experts} SwiGLU experts, k = {len(chosen)} per token (num_experts_per_tok):\n"
+            "only the green ones run for this token, so the compute\nper token stays small while the "
+            "parameters grow with E.\nA load-balancing loss keeps the experts evenly used (ch. 6, 8).",
             ha="center", va="center", fontsize=12)
     ax.set_title("Inside the Mixture-of-Experts layer", fontsize=14)
 
@@ -91,8 +93,10 @@ def main():
     for ax in (left, right):
         ax.axis("off")
     fig.tight_layout()
-    out = Path(__file__).with_name("architecture.png")
-    fig.savefig(out, dpi=120)
+    out = Path(__file__).with_name("architecture.svg")
+    # No creation date, fixed element ids: drawing it again without changes gives the same file.
+    with plt.rc_context({"svg.hashsalt": "architecture"}):
+        fig.savefig(out, metadata={"Date": None})
     print(f"wrote {out}")
 
 
