@@ -168,24 +168,29 @@ class TrainResult:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, resume: bool = False, stop_at: int | None = None
+) -> TrainResult:
     """Train as `config` says and return the model, the metrics and the output folder.
 
-    resume: continue the run whose checkpoint is in config.out_dir, on the same loss curve as if it had
-      never stopped (same batches, schedule and optimizer state); the model settings must be the saved ones.
-      Without it, an out_dir that already holds a checkpoint is an error, so that a finished run is never
-      overwritten by accident.
-    stop_at: end this session after that many steps in total (checkpointed, resumable) without changing
-      the schedule, which still spans max_steps; e.g. to fit a run into time-limited sessions.
+    resume: continue the run whose checkpoint is in config.out_dir, on the same loss
+      curve as if it had never stopped (same batches, schedule and optimizer state);
+      the model settings must be the saved ones. Without it, an out_dir that already
+      holds a checkpoint is an error, so that a finished run is never overwritten.
+    stop_at: end this session after that many steps in total (checkpointed,
+      resumable) without changing the schedule, which still spans max_steps.
+    (Chapter 8 shows this function as it is: its lines fit the book's 88 columns.)
     """
     run = start_run(config, resume)
     config, step = run.config, run.start
-    end = max(step, min(config.max_steps, config.max_steps if stop_at is None else stop_at))
+    last = config.max_steps if stop_at is None else min(config.max_steps, stop_at)
+    end = max(step, last)  # a resumed run may already be past stop_at
     print_banner(run, end)
     meter = Meter(config.batch_size * config.block_size)
     with stop_on_ctrl_c() as ctrl_c:
         for step in range(run.start, end):
-            if distributed.any_rank(ctrl_c["stop"], run.device):  # every process stops at the same step
+            # every process stops at the same step
+            if distributed.any_rank(ctrl_c["stop"], run.device):
                 break
             if step % config.eval_interval == 0:
                 with meter.paused():
@@ -193,10 +198,13 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
             if step > run.start and step % config.checkpoint_interval == 0:
                 with meter.paused():
                     save(run, step)
-            lr = one_cycle_lr(step, config.max_steps, config.lr, config.min_lr, config.warmup_frac)
+            lr = one_cycle_lr(
+                step, config.max_steps, config.lr, config.min_lr, config.warmup_frac
+            )
             set_lr(run.optimizer, lr)
             monitor_now = step % config.monitor_interval == 0
-            stats = train_step(run, batch_at(step, run.corpus.train, config, run.device), monitor_now)
+            batch = batch_at(step, run.corpus.train, config, run.device)
+            stats = train_step(run, batch, monitor_now)
             meter.add(stats)
             if monitor_now:
                 run.log(monitor_record(step, stats))
@@ -211,11 +219,16 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     run.bar.close()
     if distributed.is_main():
         if interrupted:
-            print(f"Interrupted at step {step}: checkpoint saved. Continue with\n"
-                  f"  python -m qwen_minimal.train --out_dir {run.out_dir} --resume", file=sys.stderr)
+            print(
+                f"Interrupted at step {step}: checkpoint saved. Continue with\n"
+                f"  python -m qwen_minimal.train --out_dir {run.out_dir} --resume",
+                file=sys.stderr,
+            )
         print(f"Saved checkpoint, metrics.jsonl and analytics/ in\n  {run.out_dir}")
-    return TrainResult(run.model, config, run.metrics.records if run.metrics else [], run.out_dir, step,
-                       interrupted, run.corpus.tokenizer)
+    history = run.metrics.records if run.metrics else []
+    return TrainResult(
+        run.model, config, history, run.out_dir, step, interrupted, run.corpus.tokenizer
+    )
 
 
 # ----------------------------------------------------------------------------- setting up a run
@@ -517,16 +530,16 @@ def build_parser() -> argparse.ArgumentParser:
               "       [--FIELD VALUE ...] [--model.FIELD VALUE ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train the qwen_minimal MoE language model.\n\n"
-                    "Start from a preset and override any field: a training field as --FIELD VALUE, a model\n"
-                    "field as --model.FIELD VALUE (also --FIELD=VALUE). Booleans take true/false, optional\n"
-                    "fields take none. Defaults below are the presets' (wikitext103 / cpu-tiny); model.vocab_size\n"
-                    "always follows the tokenizer.",
+                    "Start from a preset and override any field: a training field as --FIELD VALUE,\n"
+                    "a model field as --model.FIELD VALUE (also --FIELD=VALUE). Booleans take\n"
+                    "true/false, optional fields take none. Defaults below are the presets'\n"
+                    "(wikitext103 / cpu-tiny); model.vocab_size always follows the tokenizer.",
         epilog="examples:\n"
                "  python -m qwen_minimal.train --preset cpu-tiny\n"
                "  python -m qwen_minimal.train --preset cpu-tiny --max_steps 500 --model.hidden_size 256\n"
                "  python -m qwen_minimal.train --preset wikitext103            # the full bf16 GPU run\n"
                "  python -m qwen_minimal.train --out_dir runs/wikitext103 --resume  # continue a run\n"
-               "  torchrun --nproc_per_node 8 -m qwen_minimal.train --preset wikitext103  # on 8 GPUs (DDP)\n"
+               "  torchrun --nproc_per_node 8 -m qwen_minimal.train --preset wikitext103  # 8 GPUs\n"
                "Ctrl-C saves a checkpoint before it stops; --resume continues on the same loss curve.")
     parser.add_argument("--preset", default="wikitext103", choices=sorted(TRAIN_PRESETS),
                         help="training preset (default wikitext103)")
