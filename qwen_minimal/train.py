@@ -168,29 +168,24 @@ class TrainResult:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(
-    config: TrainConfig, resume: bool = False, stop_at: int | None = None
-) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None) -> TrainResult:
     """Train as `config` says and return the model, the metrics and the output folder.
 
-    resume: continue the run whose checkpoint is in config.out_dir, on the same loss
-      curve as if it had never stopped (same batches, schedule and optimizer state);
-      the model settings must be the saved ones. Without it, an out_dir that already
-      holds a checkpoint is an error, so that a finished run is never overwritten.
-    stop_at: end this session after that many steps in total (checkpointed,
-      resumable) without changing the schedule, which still spans max_steps.
-    (Chapter 8 shows this function as it is: its lines fit the book's 88 columns.)
+    resume: continue the run whose checkpoint is in config.out_dir, on the same loss curve as if it had
+      never stopped (same batches, schedule and optimizer state); the model settings must be the saved ones.
+      Without it, an out_dir that already holds a checkpoint is an error, so that a finished run is never
+      overwritten by accident.
+    stop_at: end this session after that many steps in total (checkpointed, resumable) without changing
+      the schedule, which still spans max_steps; e.g. to fit a run into time-limited sessions.
     """
     run = start_run(config, resume)
     config, step = run.config, run.start
-    last = config.max_steps if stop_at is None else min(config.max_steps, stop_at)
-    end = max(step, last)  # a resumed run may already be past stop_at
+    end = max(step, min(config.max_steps, config.max_steps if stop_at is None else stop_at))
     print_banner(run, end)
     meter = Meter(config.batch_size * config.block_size)
     with stop_on_ctrl_c() as ctrl_c:
         for step in range(run.start, end):
-            # every process stops at the same step
-            if distributed.any_rank(ctrl_c["stop"], run.device):
+            if distributed.any_rank(ctrl_c["stop"], run.device):  # every process stops at the same step
                 break
             if step % config.eval_interval == 0:
                 with meter.paused():
@@ -198,13 +193,10 @@ def train(
             if step > run.start and step % config.checkpoint_interval == 0:
                 with meter.paused():
                     save(run, step)
-            lr = one_cycle_lr(
-                step, config.max_steps, config.lr, config.min_lr, config.warmup_frac
-            )
+            lr = one_cycle_lr(step, config.max_steps, config.lr, config.min_lr, config.warmup_frac)
             set_lr(run.optimizer, lr)
             monitor_now = step % config.monitor_interval == 0
-            batch = batch_at(step, run.corpus.train, config, run.device)
-            stats = train_step(run, batch, monitor_now)
+            stats = train_step(run, batch_at(step, run.corpus.train, config, run.device), monitor_now)
             meter.add(stats)
             if monitor_now:
                 run.log(monitor_record(step, stats))
@@ -219,16 +211,11 @@ def train(
     run.bar.close()
     if distributed.is_main():
         if interrupted:
-            print(
-                f"Interrupted at step {step}: checkpoint saved. Continue with\n"
-                f"  python -m qwen_minimal.train --out_dir {run.out_dir} --resume",
-                file=sys.stderr,
-            )
+            print(f"Interrupted at step {step}: checkpoint saved. Continue with\n"
+                  f"  python -m qwen_minimal.train --out_dir {run.out_dir} --resume", file=sys.stderr)
         print(f"Saved checkpoint, metrics.jsonl and analytics/ in\n  {run.out_dir}")
-    history = run.metrics.records if run.metrics else []
-    return TrainResult(
-        run.model, config, history, run.out_dir, step, interrupted, run.corpus.tokenizer
-    )
+    return TrainResult(run.model, config, run.metrics.records if run.metrics else [], run.out_dir, step,
+                       interrupted, run.corpus.tokenizer)
 
 
 # ----------------------------------------------------------------------------- setting up a run

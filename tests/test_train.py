@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -65,8 +66,9 @@ def test_cpu_tiny_run_learns(tmp_path):
     # about log V: the untrained model guesses uniformly
     assert evals[0]["val_loss"] > math.log(result.config.model.vocab_size) - 0.5
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.5, evals
-    train_records = monitoring.of_kind(result.history, "train")
-    assert train_records[-1]["lm_loss"] < train_records[0]["lm_loss"] - 1.5
+    # one step's batch is 64 tokens, whose loss swings by a nat from step to step: the last ten steps' mean
+    losses = [r["lm_loss"] for r in monitoring.of_kind(result.history, "train")]
+    assert statistics.mean(losses[-10:]) < losses[0] - 1.5, losses
     monitor = monitoring.of_kind(result.history, "monitor")
     assert all(len(r["kl_uniform"]) == 2 and len(r["act_std"]) == 2 for r in monitor)
     # each record counts its step's batch: num_experts_per_tok assignments per token per layer
