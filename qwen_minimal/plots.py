@@ -20,7 +20,7 @@ def _layer_colors(n: int):
 
 
 def plot_losses(records: list[dict]):
-    """Training and validation loss (left) and the load-balancing loss (right) against the step."""
+    """Training and validation loss (top) and the load-balancing loss (below it) against the step."""
     train, evals = of_kind(records, "train"), of_kind(records, "eval")
     fig, (ax, ax_aux) = plt.subplots(2, 1, figsize=PANELS_FIGSIZE)
     ax.plot([r["step"] for r in train], [r["lm_loss"] for r in train], label="training (cross-entropy)")
