@@ -1,4 +1,6 @@
-"""Writing files so that an interrupted run never leaves a half-written one, and naming them by content."""
+"""Writing files so that an interrupted run never leaves a half-written one, and naming
+them by content."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +11,14 @@ from typing import BinaryIO, Callable
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call write(f) on a temporary file beside `path`, then rename it to `path`: readers see either the old
-    file or the complete new one, never a part. If write raises, the temporary file is removed. The file is
-    made readable by everyone (0644), like any other file the user creates: temporary files start private."""
+    """Call write(f) on a temporary file beside `path`, then rename it to `path`:
+    readers see either the old file or the complete new one, never a part. If write
+    raises, the temporary file is removed. The file is made readable by everyone (0644),
+    like any other file the user creates: temporary files start private."""
     path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
+    ) as f:
         try:
             write(f)
         except BaseException:
@@ -29,5 +34,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def short_hash(text: str) -> str:
-    """16 hex digits of the SHA-256 of `text`: a file name that changes when the text does."""
+    """16 hex digits of the SHA-256 of `text`: a file name that changes when the text
+    does."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]

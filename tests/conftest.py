@@ -1,12 +1,15 @@
 """What the tests share: a corpus and a tokenizer, whichever the machine has.
 
-`text_folder` and `tokenizer_folder` are the offline stand-ins for WikiText-103 and GPT-2's tokenizer when
-$QWEN_MINIMAL_DATA / $QWEN_MINIMAL_TOKENIZER are set (the Makefile sets them when ../shared exists) or
-../shared is beside the repository; otherwise a small WikiText-format corpus made from Python's own help text
-(which every Python install has) and a byte-level BPE tokenizer trained on it, made once per test run. The
-data pipeline's contract is tested against whichever the fixtures give; only the few checks about GPT-2
-itself need `gpt2_tokenizer`, which skips, saying how to run them, where GPT-2's tokenizer is not at hand.
+`text_folder` and `tokenizer_folder` are the offline stand-ins for WikiText-103 and
+GPT-2's tokenizer when $QWEN_MINIMAL_DATA / $QWEN_MINIMAL_TOKENIZER are set (the
+Makefile sets them when ../shared exists) or ../shared is beside the repository;
+otherwise a small WikiText-format corpus made from Python's own help text (which every
+Python install has) and a byte-level BPE tokenizer trained on it, made once per test
+run. The data pipeline's contract is tested against whichever the fixtures give; only
+the few checks about GPT-2 itself need `gpt2_tokenizer`, which skips, saying how to run
+them, where GPT-2's tokenizer is not at hand.
 """
+
 import os
 import re
 import sys
@@ -18,27 +21,36 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-STAND_INS = {"QWEN_MINIMAL_DATA": SHARED / "data" / "wikitext-2", "QWEN_MINIMAL_TOKENIZER": SHARED / "tokenizers" / "gpt2"}
+STAND_INS = {
+    "QWEN_MINIMAL_DATA": SHARED / "data" / "wikitext-2",
+    "QWEN_MINIMAL_TOKENIZER": SHARED / "tokenizers" / "gpt2",
+}
 GPT2_VOCAB_SIZE, GPT2_EOS_ID = 50257, 50256
-HOW_TO_GET_GPT2 = ("needs GPT-2's tokenizer: set QWEN_MINIMAL_TOKENIZER to a folder with GPT-2's vocab.json and "
-                   "merges.txt, or let the tests reach the Hugging Face hub (unset HF_HUB_OFFLINE)")
+HOW_TO_GET_GPT2 = (
+    "needs GPT-2's tokenizer: set QWEN_MINIMAL_TOKENIZER to a folder with GPT-2's "
+    "vocab.json and "
+    "merges.txt, or let the tests reach the Hugging Face hub (unset HF_HUB_OFFLINE)"
+)
 
 
 def stand_in(variable: str) -> Path | None:
-    """The folder named by `variable`, else its default in ../shared, else None. A variable that names a
-    folder that does not exist is an error, not a reason to quietly test something else."""
+    """The folder named by `variable`, else its default in ../shared, else None. A
+    variable that names a folder that does not exist is an error, not a reason to
+    quietly test something else."""
     if os.environ.get(variable):
         path = Path(os.environ[variable])
         if not path.exists():
-            raise FileNotFoundError(f"{variable}={path} does not exist: fix or unset it")
+            raise FileNotFoundError(
+                f"{variable}={path} does not exist: fix or unset it"
+            )
         return path
     return STAND_INS[variable] if STAND_INS[variable].exists() else None
 
 
 def wikitext_lines(text: str) -> list[str]:
-    """Text written the way WikiText's word-level files are: ' = Title = ' headings, a space around every
-    punctuation mark, ' @-@ ' inside hyphenated words, each paragraph on one line that starts with a space,
-    blank lines as ' '."""
+    """Text written the way WikiText's word-level files are: ' = Title = ' headings, a
+    space around every punctuation mark, ' @-@ ' inside hyphenated words, each paragraph
+    on one line that starts with a space, blank lines as ' '."""
     lines = []
     for paragraph in re.split(r"\n\s*\n", text):
         words = " ".join(paragraph.split())
@@ -52,7 +64,8 @@ def wikitext_lines(text: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def text_folder(tmp_path_factory) -> Path:
-    """A folder with WikiText-format valid.txt and test.txt (the layout of ../shared/data/wikitext-2)."""
+    """A folder with WikiText-format valid.txt and test.txt (the layout of
+    ../shared/data/wikitext-2)."""
     found = stand_in("QWEN_MINIMAL_DATA")
     if found:
         return found
@@ -60,17 +73,26 @@ def text_folder(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("wikitext-format")
     names = sorted(topics)
-    for file, part in (("valid.txt", names[: len(names) * 2 // 3]), ("test.txt", names[len(names) * 2 // 3:])):
+    for file, part in (
+        ("valid.txt", names[: len(names) * 2 // 3]),
+        ("test.txt", names[len(names) * 2 // 3 :]),
+    ):
         lines = []
         for name in part:
-            lines += [" \n", f" = {name.replace('-', ' ').title()} = \n", " \n", *wikitext_lines(topics[name])]
+            lines += [
+                " \n",
+                f" = {name.replace('-', ' ').title()} = \n",
+                " \n",
+                *wikitext_lines(topics[name]),
+            ]
         (folder / file).write_text("".join(lines), encoding="utf-8")
     return folder
 
 
 @pytest.fixture(scope="session")
 def tokenizer_folder(tmp_path_factory, text_folder) -> Path:
-    """A tokenizer folder: GPT-2's files (the stand-in), else a byte-level BPE trained here on text_folder."""
+    """A tokenizer folder: GPT-2's files (the stand-in), else a byte-level BPE trained
+    here on text_folder."""
     found = stand_in("QWEN_MINIMAL_TOKENIZER")
     if found:
         return found
@@ -78,15 +100,22 @@ def tokenizer_folder(tmp_path_factory, text_folder) -> Path:
 
     from qwen_minimal.data.tokenizer import EOS, train_byte_level_bpe
 
-    lines = (text_folder / "valid.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = (
+        (text_folder / "valid.txt")
+        .read_text(encoding="utf-8")
+        .splitlines(keepends=True)
+    )
     folder = tmp_path_factory.mktemp("byte-level-bpe")
-    PreTrainedTokenizerFast(tokenizer_object=train_byte_level_bpe(lines, 4096), eos_token=EOS).save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=train_byte_level_bpe(lines, 4096), eos_token=EOS
+    ).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(tokenizer_folder):
-    """GPT-2's own tokenizer: the stand-in if it is GPT-2's, else from the hub if it can be reached; else skip."""
+    """GPT-2's own tokenizer: the stand-in if it is GPT-2's, else from the hub if it can
+    be reached; else skip."""
     from qwen_minimal.data import hub_reachable, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_folder)
@@ -99,8 +128,8 @@ def gpt2_tokenizer(tokenizer_folder):
 
 @pytest.fixture
 def offline_data(monkeypatch, text_folder, tokenizer_folder):
-    """The loaders' default data and tokenizer are the fixtures' (for code and subprocesses that take no path),
-    and the hub is off."""
+    """The loaders' default data and tokenizer are the fixtures' (for code and
+    subprocesses that take no path), and the hub is off."""
     monkeypatch.setenv("QWEN_MINIMAL_DATA", str(text_folder))
     monkeypatch.setenv("QWEN_MINIMAL_TOKENIZER", str(tokenizer_folder))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -1,11 +1,10 @@
-"""qwen_minimal.book: a run trained once into the cache and loaded afterwards, the note that says which data a page
-ran on (an admonition on the offline demo corpus), and the chapters' figure settings. Runs offline."""
-import ast
+"""qwen_minimal.book: a run trained once into the cache and loaded afterwards, the note
+that says which data a page ran on (an admonition on the offline demo corpus), and the
+chapters' figure settings. Runs offline."""
+
 import copy
 import inspect
-import io
 import textwrap
-import tokenize
 import warnings
 from types import SimpleNamespace
 
@@ -13,14 +12,16 @@ import IPython.display
 import matplotlib
 import pytest
 import torch
-
-from qwen_minimal import book, distributed, train
-from qwen_minimal.data import DemoDataWarning, load_corpus
-from qwen_minimal.data.tokenizer import DEMO_NAME
-from qwen_minimal.expert_parallel import ExpertParallelExperts
 from test_train import micro_config
 
-pytestmark = pytest.mark.usefixtures("offline_data")  # the fixtures' corpus and tokenizer are the defaults
+from qwen_minimal import book
+from qwen_minimal.data import DemoDataWarning, load_corpus
+from qwen_minimal.data.tokenizer import DEMO_NAME
+from qwen_minimal.training import distributed, loop
+from qwen_minimal.training.expert_parallel import ExpertParallelExperts
+
+# the fixtures' corpus and tokenizer are the defaults
+pytestmark = pytest.mark.usefixtures("offline_data")
 
 
 @pytest.fixture
@@ -36,14 +37,19 @@ def trainings(monkeypatch):
 
     def recording_train(config, resume=False):
         calls.append((config, resume))
-        return train.train(config, resume=resume)
+        return loop.train(config, resume=resume)
+
     monkeypatch.setattr(book, "train", recording_train)
     return calls
 
 
 def forbid_training(monkeypatch):
     def fail(*args, **kwargs):
-        raise AssertionError("train_once trained although a finished run of these settings is in the cache")
+        raise AssertionError(
+            "train_once trained although a finished run of these settings is in the "
+            "cache"
+        )
+
     monkeypatch.setattr(book, "train", fail)
 
 
@@ -51,49 +57,78 @@ def test_a_run_is_trained_once_then_loaded(cache, tmp_path, monkeypatch, trainin
     config = micro_config(tmp_path / "not used")
     first = book.train_once(config)
     assert len(trainings) == 1 and trainings[0][1] is False
-    assert first.out_dir.parent == cache / book.BOOK_RUNS and not (tmp_path / "not used").exists()
+    assert (
+        first.out_dir.parent == cache / book.BOOK_RUNS
+        and not (tmp_path / "not used").exists()
+    )
     assert first.step == config.max_steps
 
     forbid_training(monkeypatch)
-    # out_dir and progress do not change what is trained, so they do not ask for another run.
+    # out_dir and progress do not change what is trained, so they do not ask for another
+    # run.
     for same in (config, micro_config(tmp_path / "elsewhere", progress=True)):
         again = book.train_once(same)
-        assert again.out_dir == first.out_dir and again.step == first.step and not again.interrupted
+        assert (
+            again.out_dir == first.out_dir
+            and again.step == first.step
+            and not again.interrupted
+        )
         assert again.history == first.history
-        assert again.config.model == first.config.model          # vocab_size set to the tokenizer's
-        first_weights, loaded_weights = first.model.state_dict(), again.model.state_dict()
+        # vocab_size set to the tokenizer's
+        assert again.config.model == first.config.model
+        first_weights, loaded_weights = (
+            first.model.state_dict(),
+            again.model.state_dict(),
+        )
         assert first_weights.keys() == loaded_weights.keys()
-        assert all(torch.equal(first_weights[k], loaded_weights[k]) for k in first_weights)
+        assert all(
+            torch.equal(first_weights[k], loaded_weights[k]) for k in first_weights
+        )
         text = "The tower is 324 metres tall."
         assert again.tokenizer.encode(text) == first.tokenizer.encode(text)
 
 
-def test_another_setting_or_other_data_trains_anew(cache, tmp_path, trainings, text_folder):
+def test_another_setting_or_other_data_trains_anew(
+    cache, tmp_path, trainings, text_folder
+):
     first = book.train_once(micro_config(tmp_path))
     reseeded = book.train_once(micro_config(tmp_path, seed=7))
     assert len(trainings) == 2 and reseeded.out_dir != first.out_dir
     assert reseeded.history != first.history
     # The same settings on other text: the token files differ, and so does the folder.
     other_text = tmp_path / "other.txt"
-    other_text.write_text((text_folder / "test.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    other_text.write_text(
+        (text_folder / "test.txt").read_text(encoding="utf-8")[:200_000],
+        encoding="utf-8",
+    )
     other = book.train_once(micro_config(tmp_path, data=str(other_text)))
-    assert len(trainings) == 3 and other.out_dir not in (first.out_dir, reseeded.out_dir)
+    assert len(trainings) == 3 and other.out_dir not in (
+        first.out_dir,
+        reseeded.out_dir,
+    )
 
 
 def test_an_unfinished_run_is_resumed(cache, tmp_path, trainings):
     config = micro_config(tmp_path)
-    uninterrupted = train.train(micro_config(tmp_path / "uninterrupted"))
+    uninterrupted = loop.train(micro_config(tmp_path / "uninterrupted"))
     folder = book.run_folder(config, load_corpus())
-    train.train(micro_config(folder), stop_at=3)               # as if stopped by Ctrl-C at step 3
+    loop.train(micro_config(folder), stop_at=3)  # as if stopped by Ctrl-C at step 3
     resumed = book.train_once(config)
-    assert [resume for _, resume in trainings] == [True] and resumed.step == config.max_steps
-    losses = [[r["lm_loss"] for r in run.history if r["kind"] == "train"] for run in (uninterrupted, resumed)]
+    assert [resume for _, resume in trainings] == [
+        True
+    ] and resumed.step == config.max_steps
+    losses = [
+        [r["lm_loss"] for r in run.history if r["kind"] == "train"]
+        for run in (uninterrupted, resumed)
+    ]
     assert losses[0] == losses[1]
 
 
 def shown_notes(monkeypatch, corpus) -> list[dict]:
     shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw: shown.append(bundle))
+    monkeypatch.setattr(
+        IPython.display, "display", lambda bundle, raw: shown.append(bundle)
+    )
     book.corpus_note(corpus)
     assert len(shown) == 1
     return shown[0]
@@ -102,19 +137,36 @@ def shown_notes(monkeypatch, corpus) -> list[dict]:
 def test_the_note_of_a_real_corpus_is_one_line_naming_it(monkeypatch, tokenizer_folder):
     corpus = load_corpus()
     note = shown_notes(monkeypatch, corpus)
-    assert note["text/markdown"].startswith(":::{admonition} Data\n:class: note corpus-note\n")
-    assert book.DEMO_CLASS not in note["text/markdown"] and book.DEMO_CLASS not in note["text/html"]
-    assert f"tokenized with `{tokenizer_folder.name}` ({corpus.vocab_size:,} tokens)" in note["text/markdown"]
-    assert f"{len(corpus.train):,} training and {len(corpus.validation):,} validation tokens" in note["text/plain"]
-    assert note["text/markdown"].count("\n") == 4                 # title, class, one line, closing fence
+    assert note["text/markdown"].startswith(
+        ":::{admonition} Data\n:class: note corpus-note\n"
+    )
+    assert (
+        book.DEMO_CLASS not in note["text/markdown"]
+        and book.DEMO_CLASS not in note["text/html"]
+    )
+    assert (
+        f"tokenized with `{tokenizer_folder.name}` ({corpus.vocab_size:,} tokens)"
+        in note["text/markdown"]
+    )
+    assert (
+        f"{len(corpus.train):,} training and {len(corpus.validation):,} validation "
+        "tokens" in note["text/plain"]
+    )
+    # title, class, one line, closing fence
+    assert note["text/markdown"].count("\n") == 4
 
 
-@pytest.mark.parametrize("demo_text, demo_tokenizer, missing", [
-    (True, True, "without WikiText-103 and GPT-2's tokenizer"),
-    (True, False, "without WikiText-103:"),
-    (False, True, "without GPT-2's tokenizer:"),
-])
-def test_the_demo_corpus_gets_an_admonition(monkeypatch, demo_text, demo_tokenizer, missing):
+@pytest.mark.parametrize(
+    "demo_text, demo_tokenizer, missing",
+    [
+        (True, True, "without WikiText-103 and GPT-2's tokenizer"),
+        (True, False, "without WikiText-103:"),
+        (False, True, "without GPT-2's tokenizer:"),
+    ],
+)
+def test_the_demo_corpus_gets_an_admonition(
+    monkeypatch, demo_text, demo_tokenizer, missing
+):
     corpus = copy.copy(load_corpus())
     corpus.demo_text = demo_text
     if demo_tokenizer:
@@ -123,27 +175,45 @@ def test_the_demo_corpus_gets_an_admonition(monkeypatch, demo_text, demo_tokeniz
     note = shown_notes(monkeypatch, corpus)
     markdown, page = note["text/markdown"], note["text/html"]
     assert markdown.startswith(":::{admonition} Built on the offline demo corpus\n")
-    assert f":class: warning {book.DEMO_CLASS} {book.NOTE_CLASS}\n" in markdown and markdown.endswith(":::\n")
+    assert (
+        f":class: warning {book.DEMO_CLASS} {book.NOTE_CLASS}\n" in markdown
+        and markdown.endswith(":::\n")
+    )
     assert f'class="admonition warning {book.DEMO_CLASS} {book.NOTE_CLASS}"' in page
     assert missing in markdown
     assert ("Python's own help text" in markdown) == demo_text
-    assert (f"a byte-level BPE of {corpus.vocab_size:,} tokens" in markdown) == demo_tokenizer
-    assert "`$QWEN_MINIMAL_DATA`" in markdown and "<code>$QWEN_MINIMAL_TOKENIZER</code>" in page
+    assert (
+        f"a byte-level BPE of {corpus.vocab_size:,} tokens" in markdown
+    ) == demo_tokenizer
+    assert (
+        "`$QWEN_MINIMAL_DATA`" in markdown
+        and "<code>$QWEN_MINIMAL_TOKENIZER</code>" in page
+    )
 
 
-@pytest.mark.parametrize("text_name, demo_text, label", [
-    ("Salesforce/wikitext wikitext-103-v1", False, "WikiText-103"),
-    ("Salesforce/wikitext wikitext-2-raw-v1", False, "WikiText-2 (raw)"),
-    ("/data/corpora/wikitext-2", False, "the local text wikitext-2"),
-    ("Python's help text (the offline demo corpus)", True, "Python's help text"),
-])
+@pytest.mark.parametrize(
+    "text_name, demo_text, label",
+    [
+        ("Salesforce/wikitext wikitext-103-v1", False, "WikiText-103"),
+        ("Salesforce/wikitext wikitext-2-raw-v1", False, "WikiText-2 (raw)"),
+        ("/data/corpora/wikitext-2", False, "the local text wikitext-2"),
+        ("Python's help text (the offline demo corpus)", True, "Python's help text"),
+    ],
+)
 def test_text_label(text_name, demo_text, label):
-    assert book.text_label(SimpleNamespace(text_name=text_name, demo_text=demo_text)) == label
+    assert (
+        book.text_label(SimpleNamespace(text_name=text_name, demo_text=demo_text))
+        == label
+    )
 
 
 def test_tokenizer_label():
     def corpus(name):
-        return SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=name), demo_tokenizer=name == DEMO_NAME)
+        return SimpleNamespace(
+            tokenizer=SimpleNamespace(name_or_path=name),
+            demo_tokenizer=name == DEMO_NAME,
+        )
+
     assert book.tokenizer_label(corpus("gpt2")) == "gpt2"
     assert book.tokenizer_label(corpus("/shared/tokenizers/gpt2/")) == "gpt2"
     assert book.tokenizer_label(corpus(DEMO_NAME)) == "the demo BPE"
@@ -155,7 +225,9 @@ def test_setup_silences_only_the_demo_warning_and_sizes_figures_for_the_column()
         book.setup()
         warnings.warn("the demo corpus", DemoDataWarning)
         warnings.warn("something else", UserWarning)
-        width_px = matplotlib.rcParams["figure.figsize"][0] * matplotlib.rcParams["figure.dpi"]
+        width_px = (
+            matplotlib.rcParams["figure.figsize"][0] * matplotlib.rcParams["figure.dpi"]
+        )
     assert [str(w.message) for w in caught] == ["something else"]
     assert width_px <= 740  # the book's text column at a 1280-pixel-wide window
 
@@ -166,57 +238,35 @@ def test_wrap_breaks_only_long_lines_and_keeps_their_indentation():
     lines = book.wrap(text, width=50).split("\n")
     assert lines[:3] == [" = Heading = ", "", lines[2]] and lines[-1] == "short line"
     folded = lines[2:-1]
-    assert len(folded) > 1 and all(len(line) <= 50 and line.startswith("    word") for line in folded)
+    assert len(folded) > 1 and all(
+        len(line) <= 50 and line.startswith("    word") for line in folded
+    )
     assert " ".join(line.strip() for line in folded) == long_line.strip()
 
 
-def same_code(a: str, b: str) -> bool:
-    """Whether two sources are the same program with the same comments: the same syntax tree (the strings' words
-    compared, for docstrings wrapped again) and the same words in their comments."""
-    def tree(code):
-        parsed = ast.parse(code)
-        for node in ast.walk(parsed):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                node.value = " ".join(node.value.split())
-        return ast.dump(parsed)
-
-    def comments(code):
-        tokens = tokenize.generate_tokens(io.StringIO(code).readline)
-        return " ".join(t.string.lstrip("#") for t in tokens if t.type == tokenize.COMMENT).split()
-    return tree(a) == tree(b) and comments(a) == comments(b)
-
-
-def test_fit_code_folds_lines_without_changing_the_code():
-    code = textwrap.dedent("""
-        def f(values):
-            if values:  # a comment long enough to push this line past the width of the page
-                total = sum(value * 2 for value in values if value is not None and value > 0)
-            note = "a string that cannot be broken without changing it, so it stays whole"
-            return total, note  # short
-    """)
-    fitted = book.fit_code(code, width=60).split("\n")
-    assert same_code("\n".join(fitted), code)
-    assert [line for line in fitted if len(line) > 60] == [line for line in code.split("\n") if "note =" in line]
-    assert fitted[2:5] == ["    if values:", "        # a comment long enough to push this line past the",
-                           "        # width of the page"]  # a comment after a colon: the top of the block
-    assert fitted[-2] == "    return total, note  # short"  # lines that fit stay as they are
-
-
-@pytest.mark.parametrize("obj", [distributed.parallelize, ExpertParallelExperts.forward, train.train],
-                         ids=lambda obj: obj.__qualname__)
-def test_the_package_code_a_chapter_shows_fits_the_page(obj):
-    code = textwrap.dedent(inspect.getsource(obj))
+@pytest.mark.parametrize(
+    "obj",
+    [distributed.parallelize, ExpertParallelExperts.forward, loop.train],
+    ids=lambda obj: obj.__qualname__,
+)
+def test_the_package_code_a_chapter_shows_is_the_code_and_fits_the_page(obj):
     shown = book.source(obj)
-    assert isinstance(shown, IPython.display.Code) and max(map(len, code.splitlines())) > book.COLUMNS
-    assert all(len(line) <= book.COLUMNS for line in shown.data.splitlines()), shown.data
-    assert same_code(shown.data, code)
+    assert isinstance(shown, IPython.display.Code)
+    assert shown.data == textwrap.dedent(inspect.getsource(obj))
+    assert all(len(line) <= book.COLUMNS for line in shown.data.splitlines()), (
+        shown.data
+    )
 
 
 def test_glue_hands_every_value_to_myst_nb_without_showing_it(monkeypatch):
     import myst_nb
 
     glued = []
-    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.append((name, value, display)))
+    monkeypatch.setattr(
+        myst_nb,
+        "glue",
+        lambda name, value, display: glued.append((name, value, display)),
+    )
     book.glue({"share": "58%", "tokens": 8192})
     assert glued == [("share", "58%", False), ("tokens", 8192, False)]
 
@@ -227,11 +277,15 @@ def test_a_quiet_run_says_one_line_instead_of_its_log(cache, tmp_path, capsys):
     trained = capsys.readouterr().out.splitlines()
     book.train_once(config, quiet=True)
     loaded = capsys.readouterr().out.splitlines()
-    assert len(trained) == 1 and trained[0].startswith(f"Trained this run now, {config.max_steps} steps")
+    assert len(trained) == 1 and trained[0].startswith(
+        f"Trained this run now, {config.max_steps} steps"
+    )
     assert len(loaded) == 1 and loaded[0].startswith("Loaded this run from the cache")
 
 
-def test_the_training_log_fits_the_column_names_no_machine_folder_and_comes_back(cache, tmp_path, capsys):
+def test_the_training_log_fits_the_column_names_no_machine_folder_and_comes_back(
+    cache, tmp_path, capsys
+):
     config = micro_config(tmp_path)
     book.train_once(config)
     trained = capsys.readouterr().out
@@ -239,6 +293,10 @@ def test_the_training_log_fits_the_column_names_no_machine_folder_and_comes_back
     loaded = capsys.readouterr().out
     folder = book.run_folder(config, load_corpus())
     log = trained.split("\n", 1)[1]
-    assert "validation loss" in log and str(cache) not in trained and f"book-runs/{folder.name}" in log
+    assert (
+        "validation loss" in log
+        and str(cache) not in trained
+        and f"book-runs/{folder.name}" in log
+    )
     assert all(len(line) <= book.COLUMNS for line in trained.splitlines())
     assert loaded.split("\n", 1)[1] == "Its training log:\n" + log

@@ -1,4 +1,6 @@
-"""Properties of qwen_minimal's layers that hold whatever the weights: causality, RoPE, the cache, the MoE."""
+"""Properties of qwen_minimal's layers that hold whatever the weights: causality, RoPE,
+the cache, the MoE."""
+
 import math
 
 import pytest
@@ -6,17 +8,28 @@ import torch
 import torch.nn.functional as F
 
 from qwen_minimal import KVCache, ModelConfig, QwenLM
-from qwen_minimal.attention import Attention
-from qwen_minimal.model import compiled_decoding_step
-from qwen_minimal.moe import MoE, capacity_mask, count_per_expert, expert_capacity
-from qwen_minimal.rmsnorm import RMSNorm
-from qwen_minimal.rope import RotaryEmbedding, apply_rope
+from qwen_minimal.model.attention import Attention
+from qwen_minimal.model.decoder import compiled_decoding_step
+from qwen_minimal.model.moe import MoE, capacity_mask, count_per_expert, expert_capacity
+from qwen_minimal.model.rmsnorm import RMSNorm
+from qwen_minimal.model.rope import RotaryEmbedding, apply_rope
 
 
 def tiny(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=101, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                  max_seq_len=96, num_experts=5, num_experts_per_tok=2, expert_intermediate_size=32, intermediate_size=64,
-                  init_std=0.1)
+    fields = dict(
+        vocab_size=101,
+        hidden_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        max_seq_len=96,
+        num_experts=5,
+        num_experts_per_tok=2,
+        expert_intermediate_size=32,
+        intermediate_size=64,
+        init_std=0.1,
+    )
     return ModelConfig(**{**fields, **overrides})
 
 
@@ -51,16 +64,22 @@ def test_rope_scores_depend_only_on_relative_position():
         return apply_rope(q, cos[m], sin[m]) @ apply_rope(k, cos[n], sin[n])
 
     for offset in (0, 3, 17):
-        torch.testing.assert_close(score(5 + offset, 2 + offset), score(5, 2), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(score(5, 2), score(5, 3))  # a different distance gives a different score
+        torch.testing.assert_close(
+            score(5 + offset, 2 + offset), score(5, 2), atol=1e-5, rtol=1e-5
+        )
+    # a different distance gives a different score
+    assert not torch.allclose(score(5, 2), score(5, 3))
     rotated = apply_rope(q, cos[9], sin[9])
     torch.testing.assert_close(rotated.norm(), q.norm())  # a rotation keeps the length
 
 
-# The dense model is causal bit for bit. In the MoE model a future token can change how many rows each
-# expert's matrix multiply receives, and the math library may then round an earlier row differently (as in
-# transformers): earlier logits may move by float rounding, never by more.
-@pytest.mark.parametrize("use_moe, atol", [(True, 1e-6), (False, 0.0)], ids=["moe", "dense"])
+# The dense model is causal bit for bit. In the MoE model a future token can change how
+# many rows each expert's matrix multiply receives, and the math library may then round
+# an earlier row differently (as in transformers): earlier logits may move by float
+# rounding, never by more.
+@pytest.mark.parametrize(
+    "use_moe, atol", [(True, 1e-6), (False, 0.0)], ids=["moe", "dense"]
+)
 def test_changing_a_future_token_never_changes_earlier_logits(use_moe, atol):
     m = model(use_moe=use_moe)
     x = torch.randint(0, 101, (2, 20))
@@ -70,7 +89,9 @@ def test_changing_a_future_token_never_changes_earlier_logits(use_moe, atol):
         with torch.no_grad():
             a, b = m(x).logits, m(y).logits
         torch.testing.assert_close(a[:, :t], b[:, :t], atol=atol, rtol=0)
-        assert (a[:, t] - b[:, t]).abs().max() > 1e-2  # the changed position itself does change
+        assert (
+            a[:, t] - b[:, t]
+        ).abs().max() > 1e-2  # the changed position itself does change
 
 
 def test_attention_math_path_equals_sdpa_path():
@@ -83,7 +104,8 @@ def test_attention_math_path_equals_sdpa_path():
     torch.testing.assert_close(attn(x, cos, sin), fast, atol=1e-6, rtol=1e-5)
 
 
-# Batch 1 also takes the MoE's single-token path (a decoding step routes one token, without sorting).
+# Batch 1 also takes the MoE's single-token path (a decoding step routes one token,
+# without sorting).
 @pytest.mark.parametrize("batch", [1, 2])
 def test_cached_and_uncached_logits_agree_over_prompt_and_50_steps(batch):
     m = model()
@@ -92,7 +114,7 @@ def test_cached_and_uncached_logits_agree_over_prompt_and_50_steps(batch):
     with torch.no_grad():
         full = m(sequence).logits
         steps = [m(sequence[:, :12], cache=cache).logits]
-        steps += [m(sequence[:, t:t + 1], cache=cache).logits for t in range(12, 62)]
+        steps += [m(sequence[:, t : t + 1], cache=cache).logits for t in range(12, 62)]
     assert cache.length == 62
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
@@ -106,7 +128,11 @@ def test_cache_is_preallocated_and_written_in_place():
         m(torch.randint(0, 101, (1, 1)), cache=cache)
     assert [t.data_ptr() for t in cache.k + cache.v] == storage
     for t in cache.k + cache.v:
-        assert t.shape[2] == 16 and t[:, :, :6].abs().sum() > 0 and t[:, :, 6:].abs().sum() == 0
+        assert (
+            t.shape[2] == 16
+            and t[:, :, :6].abs().sum() > 0
+            and t[:, :, 6:].abs().sum() == 0
+        )
 
 
 def test_sequence_longer_than_cache_or_model_raises():
@@ -127,8 +153,13 @@ def test_generate_returns_prompt_then_new_tokens_and_is_seeded():
     prompt = torch.randint(0, 101, (3, 4))
     out = m.generate(prompt, 7, temperature=0.8, top_k=20, top_p=0.9, seed=1)
     assert out.shape == (3, 11) and torch.equal(out[:, :4], prompt)
-    assert torch.equal(out, m.generate(prompt, 7, temperature=0.8, top_k=20, top_p=0.9, seed=1))
-    assert torch.equal(m.generate(prompt, 7, temperature=0), m.generate(prompt, 7, temperature=0, use_cache=False))
+    assert torch.equal(
+        out, m.generate(prompt, 7, temperature=0.8, top_k=20, top_p=0.9, seed=1)
+    )
+    assert torch.equal(
+        m.generate(prompt, 7, temperature=0),
+        m.generate(prompt, 7, temperature=0, use_cache=False),
+    )
 
 
 def test_generated_tokens_can_feed_a_training_step():
@@ -151,11 +182,15 @@ def test_generate_stops_rows_at_eos():
     assert (out[0, first:] == eos).all()  # after eos, a row keeps emitting eos
 
 
-@pytest.mark.parametrize("use_moe, batch", [(True, 1), (True, 2), (False, 1)], ids=["moe-1", "moe-2", "dense-1"])
+@pytest.mark.parametrize(
+    "use_moe, batch",
+    [(True, 1), (True, 2), (False, 1)],
+    ids=["moe-1", "moe-2", "dense-1"],
+)
 def test_compiled_decoding_gives_the_eager_logits_and_tokens(use_moe, batch):
-    # generate(compile=True) runs its one-token steps through torch.compile's default backend (inductor:
-    # generated C++, tens of seconds to compile on a CPU). With batch 1 the MoE takes its one-token path,
-    # with batch 2 the sorted one.
+    # generate(compile=True) runs its one-token steps through torch.compile's default
+    # backend (inductor: generated C++, tens of seconds to compile on a CPU). With batch
+    # 1 the MoE takes its one-token path, with batch 2 the sorted one.
     m = model(use_moe=use_moe)
     prompt = torch.randint(0, 101, (batch, 5))
     with torch.inference_mode():
@@ -164,13 +199,22 @@ def test_compiled_decoding_gives_the_eager_logits_and_tokens(use_moe, batch):
             m.next_token_logits(prompt, cache)
         step, token = compiled_decoding_step(m), torch.randint(0, 101, (batch, 1))
         for position in range(5, 8):
-            # The first call compiles; later positions and caches of other lengths must reuse that compilation.
-            with torch.compiler.set_stance("fail_on_recompile" if position > 5 else "default"):
-                torch.testing.assert_close(step(token, caches[0]), m.next_token_logits(token, caches[1]),
-                                           atol=1e-5, rtol=1e-5)
+            # The first call compiles; later positions and caches of other lengths must
+            # reuse that compilation.
+            with torch.compiler.set_stance(
+                "fail_on_recompile" if position > 5 else "default"
+            ):
+                torch.testing.assert_close(
+                    step(token, caches[0]),
+                    m.next_token_logits(token, caches[1]),
+                    atol=1e-5,
+                    rtol=1e-5,
+                )
     streamed = []
     with torch.compiler.set_stance("fail_on_recompile"):
-        out = m.generate(prompt, 12, temperature=0, compile=True, on_token=streamed.append)
+        out = m.generate(
+            prompt, 12, temperature=0, compile=True, on_token=streamed.append
+        )
     assert torch.equal(out, m.generate(prompt, 12, temperature=0))
     assert torch.equal(torch.cat(streamed, dim=1), out[:, 5:])
     with pytest.raises(ValueError, match="use_cache=True"):
@@ -191,19 +235,25 @@ def test_moe_with_all_experts_is_router_weighted_sum_of_every_expert():
     x = torch.randn(2, 9, 48)
     y, routing = layer(x)
     probs = torch.softmax(x.reshape(-1, 48) @ layer.router.weight.T, dim=-1)
-    expected = sum(probs[:, e:e + 1] * layer.experts.expert(e, x.reshape(-1, 48)) for e in range(5))
+    expected = sum(
+        probs[:, e : e + 1] * layer.experts.expert(e, x.reshape(-1, 48))
+        for e in range(5)
+    )
     torch.testing.assert_close(y.reshape(-1, 48), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_one_token_alone_gets_the_same_output_as_within_a_batch():
-    # A single token takes a direct path through its k experts; the batched path sorts and groups rows.
+    # A single token takes a direct path through its k experts; the batched path sorts
+    # and groups rows.
     layer = moe_layer(num_experts=5, num_experts_per_tok=2)
     x = torch.randn(9, 48)
     batched, routing = layer(x)
     for i in range(9):
-        alone, alone_routing = layer(x[i:i + 1])
-        assert torch.equal(alone_routing.expert_indices, routing.expert_indices[i:i + 1])
-        torch.testing.assert_close(alone, batched[i:i + 1], atol=1e-6, rtol=1e-5)
+        alone, alone_routing = layer(x[i : i + 1])
+        assert torch.equal(
+            alone_routing.expert_indices, routing.expert_indices[i : i + 1]
+        )
+        torch.testing.assert_close(alone, batched[i : i + 1], atol=1e-6, rtol=1e-5)
 
 
 def test_standalone_moe_is_initialised_from_init_std():
@@ -225,13 +275,16 @@ def test_count_per_expert_equals_bincount():
     for num_experts, shape in [(5, (40, 2)), (8, (1, 2)), (3, (7, 3)), (16, (0, 2))]:
         indices = torch.randint(0, num_experts, shape, generator=g)
         counts = count_per_expert(indices, num_experts)
-        assert torch.equal(counts, torch.bincount(indices.flatten(), minlength=num_experts))
+        assert torch.equal(
+            counts, torch.bincount(indices.flatten(), minlength=num_experts)
+        )
 
 
 @pytest.mark.parametrize("use_moe", [True, False], ids=["moe", "dense"])
 def test_compiled_model_gives_the_eager_loss_and_gradients(use_moe):
-    # torch.compile traces the training forward (the train script compiles it); the aot_eager backend runs
-    # the traced graphs without generating code, so this checks the tracing in seconds.
+    # torch.compile traces the training forward (the train script compiles it); the
+    # aot_eager backend runs the traced graphs without generating code, so this checks
+    # the tracing in seconds.
     m = model(use_moe=use_moe).train()
     x, targets = torch.randint(0, 101, (2, 24)), torch.randint(0, 101, (2, 24))
     eager = m(x, targets=targets)
@@ -242,13 +295,18 @@ def test_compiled_model_gives_the_eager_loss_and_gradients(use_moe):
     compiled.loss.backward()
     torch.testing.assert_close(compiled.loss, eager.loss, atol=1e-6, rtol=1e-6)
     for name, p in m.named_parameters():
-        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(
+            p.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name
+        )
     if use_moe:
         assert torch.equal(compiled.tokens_per_expert, eager.tokens_per_expert)
 
 
-def reference_capacity_mask(indices: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
-    """The stated order, as a plain loop: all first choices (token order), then all second choices, ..."""
+def reference_capacity_mask(
+    indices: torch.Tensor, num_experts: int, capacity: int
+) -> torch.Tensor:
+    """The stated order, as a plain loop: all first choices (token order), then all
+    second choices, ..."""
     used, kept = [0] * num_experts, torch.zeros_like(indices, dtype=torch.bool)
     for rank in range(indices.shape[1]):
         for token in range(indices.shape[0]):
@@ -262,14 +320,22 @@ def reference_capacity_mask(indices: torch.Tensor, num_experts: int, capacity: i
 def test_capacity_drops_exactly_the_overflow_in_service_order():
     indices = torch.tensor([[0, 1], [0, 2], [0, 1], [1, 0], [2, 0]])
     kept = capacity_mask(indices, num_experts=3, capacity=2)
-    # Expert 0: first choices of tokens 0 and 1 fill it; token 2's first choice and the second choices of
-    # tokens 3 and 4 overflow. Expert 1: token 3 (first choice), then token 0's second choice; token 2's drops.
-    expected = torch.tensor([[True, True], [True, True], [False, False], [True, False], [True, False]])
+    # Expert 0: first choices of tokens 0 and 1 fill it; token 2's first choice and the
+    # second choices of tokens 3 and 4 overflow. Expert 1: token 3 (first choice), then
+    # token 0's second choice; token 2's drops.
+    expected = torch.tensor(
+        [[True, True], [True, True], [False, False], [True, False], [True, False]]
+    )
     assert torch.equal(kept, expected)
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        random_indices = torch.stack([torch.randperm(6, generator=g)[:3] for _ in range(17)])
-        assert torch.equal(capacity_mask(random_indices, 6, 5), reference_capacity_mask(random_indices, 6, 5))
+        random_indices = torch.stack(
+            [torch.randperm(6, generator=g)[:3] for _ in range(17)]
+        )
+        assert torch.equal(
+            capacity_mask(random_indices, 6, 5),
+            reference_capacity_mask(random_indices, 6, 5),
+        )
 
 
 def test_capacity_in_the_layer_zeroes_dropped_assignments():
@@ -286,7 +352,10 @@ def test_capacity_in_the_layer_zeroes_dropped_assignments():
         for j in range(2):
             if routing.kept[t, j]:
                 e = routing.expert_indices[t, j].item()
-                expected[t] += routing.expert_weights[t, j] * layer.experts.expert(e, flat[t:t + 1])[0]
+                expected[t] += (
+                    routing.expert_weights[t, j]
+                    * layer.experts.expert(e, flat[t : t + 1])[0]
+                )
     torch.testing.assert_close(y.reshape(-1, 48), expected, atol=1e-5, rtol=1e-5)
     dropless, _ = moe_layer(num_experts=4, num_experts_per_tok=2)(x)
     assert not torch.allclose(dropless, y)
@@ -297,17 +366,26 @@ def test_parameter_counts():
     c = m.config
     expert = 3 * c.hidden_size * c.expert_intermediate_size
     assert m.num_parameters() == sum(p.numel() for p in m.parameters())
-    assert m.num_parameters() - m.num_parameters(active=True) == c.num_layers * (c.num_experts - c.num_experts_per_tok) * expert
+    assert (
+        m.num_parameters() - m.num_parameters(active=True)
+        == c.num_layers * (c.num_experts - c.num_experts_per_tok) * expert
+    )
 
 
-@pytest.mark.parametrize("fields, fix", [
-    (dict(hidden_size=50, num_heads=4, head_dim=None), "not divisible by num_heads"),
-    (dict(num_heads=6, num_kv_heads=4), "divisors of num_heads"),
-    (dict(num_experts=4, num_experts_per_tok=5), "fewer experts or add experts"),
-    (dict(head_dim=15), "must be even"),
-    (dict(capacity_factor=0.0), "None for dropless"),
-    (dict(num_layers=0), "num_layers must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "fields, fix",
+    [
+        (
+            dict(hidden_size=50, num_heads=4, head_dim=None),
+            "not divisible by num_heads",
+        ),
+        (dict(num_heads=6, num_kv_heads=4), "divisors of num_heads"),
+        (dict(num_experts=4, num_experts_per_tok=5), "fewer experts or add experts"),
+        (dict(head_dim=15), "must be even"),
+        (dict(capacity_factor=0.0), "None for dropless"),
+        (dict(num_layers=0), "num_layers must be at least 1"),
+    ],
+)
 def test_bad_configs_raise_value_error_naming_the_fix(fields, fix):
     with pytest.raises(ValueError, match=fix):
         tiny(**fields)
@@ -315,8 +393,19 @@ def test_bad_configs_raise_value_error_naming_the_fix(fields, fix):
 
 def test_presets_and_unknown_fields():
     big = ModelConfig.preset("wikitext103")
-    assert (big.num_layers, big.hidden_size, big.num_heads, big.num_kv_heads, big.head_dim) == (6, 768, 16, 4, 48)
-    assert (big.num_experts, big.num_experts_per_tok, big.expert_intermediate_size, big.vocab_size) == (8, 2, 3072, 50257)
+    assert (
+        big.num_layers,
+        big.hidden_size,
+        big.num_heads,
+        big.num_kv_heads,
+        big.head_dim,
+    ) == (6, 768, 16, 4, 48)
+    assert (
+        big.num_experts,
+        big.num_experts_per_tok,
+        big.expert_intermediate_size,
+        big.vocab_size,
+    ) == (8, 2, 3072, 50257)
     assert not big.tie_embeddings and big.max_seq_len == 256
     assert ModelConfig.preset("cpu-tiny", num_layers=3).num_layers == 3
     with pytest.raises(ValueError, match="unknown model preset"):
@@ -326,7 +415,8 @@ def test_presets_and_unknown_fields():
 
 
 def test_loss_and_gradients_equal_plain_cross_entropy():
-    """Whatever the model does to compute its loss faster, loss and gradients are those of F.cross_entropy."""
+    """Whatever the model does to compute its loss faster, loss and gradients are those
+    of F.cross_entropy."""
     m = model(tie_embeddings=False)
     m.train()
     x, targets = torch.randint(0, 101, (3, 17)), torch.randint(0, 101, (3, 17))
@@ -336,7 +426,9 @@ def test_loss_and_gradients_equal_plain_cross_entropy():
     fast = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
     logits = m(x).logits
-    lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    lm_loss = F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=-100
+    )
     torch.testing.assert_close(out.lm_loss, lm_loss)
     (lm_loss + m.config.router_aux_loss_coef * m(x).aux_loss).backward()
     for name, p in m.named_parameters():

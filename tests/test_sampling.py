@@ -1,14 +1,17 @@
 """Turning logits into tokens: greedy, top-k, top-p, temperature."""
+
 import pytest
 import torch
 
-from qwen_minimal.sampling import filter_logits, greedy_token, sample_next_token
+from qwen_minimal.model.sampling import filter_logits, greedy_token, sample_next_token
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_greedy_token_is_torch_argmax_first_on_ties(dtype):
     logits = torch.randn(3, 50257, generator=torch.Generator().manual_seed(0)).to(dtype)
-    logits[1, 7] = logits[1, 40000] = 100.0  # a tie: the first index wins, as in torch.argmax
+    logits[1, 7] = logits[1, 40000] = (
+        100.0  # a tie: the first index wins, as in torch.argmax
+    )
     token = greedy_token(logits)
     assert token.shape == (3, 1) and token.dtype == torch.int64
     assert torch.equal(token, logits.argmax(dim=-1, keepdim=True))
@@ -21,16 +24,26 @@ def test_temperature_zero_top_k_one_and_tiny_top_p_are_greedy():
     g = torch.Generator().manual_seed(0)
     assert torch.equal(sample_next_token(logits, temperature=0), greedy)
     for temperature in (0.5, 1.0, 2.0):
-        assert torch.equal(sample_next_token(logits, temperature, top_k=1, generator=g), greedy)
-        assert torch.equal(sample_next_token(logits, temperature, top_p=1e-6, generator=g), greedy)
+        assert torch.equal(
+            sample_next_token(logits, temperature, top_k=1, generator=g), greedy
+        )
+        assert torch.equal(
+            sample_next_token(logits, temperature, top_p=1e-6, generator=g), greedy
+        )
 
 
 def test_filters_keep_the_top_k_and_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [
+        [True, True, False, False]
+    ]
     # 0.5 + 0.3 = 0.8 reaches top_p = 0.8: the third token is not needed
-    assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [[True, True, False, False]]
-    assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[True, True, True, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [
+        [True, True, False, False]
+    ]
+    assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [
+        [True, True, True, False]
+    ]
 
 
 def test_sampling_is_seeded_and_follows_the_distribution():
@@ -42,9 +55,14 @@ def test_sampling_is_seeded_and_follows_the_distribution():
     torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02, rtol=0)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(temperature=-1.0), "temperature"),
-                                             (dict(temperature=1.0, top_k=0), "top_k"),
-                                             (dict(temperature=1.0, top_p=1.5), "top_p")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=1.0, top_k=0), "top_k"),
+        (dict(temperature=1.0, top_p=1.5), "top_p"),
+    ],
+)
 def test_bad_sampling_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sample_next_token(torch.zeros(1, 5), **kwargs)

@@ -1,4 +1,6 @@
-"""qwen_minimal.widgets: the slider explorer that also works in the static book (tests/browser moves it)."""
+"""qwen_minimal.book.widgets: the slider explorer that also works in the static book
+(tests/browser moves it)."""
+
 import io
 
 import ipywidgets as widgets
@@ -6,7 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 
-from qwen_minimal.widgets import image_slider_explorer
+from qwen_minimal.book.widgets import image_slider_explorer
 
 calls = []
 
@@ -31,44 +33,71 @@ def test_every_pair_is_precomputed_and_linked_in_the_browser(monkeypatch):
     def recording_jslink(source, target):
         linked.add((source[0].model_id, source[1], target[0].model_id, target[1]))
         return real_jslink(source, target)
+
     monkeypatch.setattr(widgets, "jslink", recording_jslink)
-    box = image_slider_explorer(render, experts=[2, 4], experts_per_token=[1, 2, 3], initial=(4, 2))
+    box = image_slider_explorer(
+        render, experts=[2, 4], experts_per_token=[1, 2, 3], initial=(4, 2)
+    )
     experts_slider, per_token_slider, grid = box.children
-    assert sorted(calls) == [(2, 1), (2, 2), (4, 1), (4, 2), (4, 3)]   # (2, 3) is impossible: no render
+    # (2, 3) is impossible: no render
+    assert sorted(calls) == [
+        (2, 1),
+        (2, 2),
+        (4, 1),
+        (4, 2),
+        (4, 3),
+    ]
     assert (experts_slider.value, per_token_slider.value) == (4, 2)
-    assert grid.selected_index == 1 and all(row.selected_index == 1 for row in grid.children)
+    assert grid.selected_index == 1 and all(
+        row.selected_index == 1 for row in grid.children
+    )
     pngs = [bytes(image.value) for row in grid.children for image in row.children]
     assert len(pngs) == 6 and all(png.startswith(b"\x89PNG") for png in pngs)
     assert len(set(pngs)) == 6, "every slider position must show its own picture"
-    # Sharp on a 2x display: each picture is shown at half its pixel width (a 3-inch figure at 80 dpi).
-    assert all(int(image.width) == 3 * 80 and png_width(bytes(image.value)) == 2 * 3 * 80
-               for row in grid.children for image in row.children)
-    # The sliders drive the stacks through browser-side links (jslink), which keep working without a kernel.
+    # Sharp on a 2x display: each picture is shown at half its pixel width (a 3-inch
+    # figure at 80 dpi).
+    assert all(
+        int(image.width) == 3 * 80 and png_width(bytes(image.value)) == 2 * 3 * 80
+        for row in grid.children
+        for image in row.children
+    )
+    # The sliders drive the stacks through browser-side links (jslink), which keep
+    # working without a kernel.
     assert (experts_slider.model_id, "index", grid.model_id, "selected_index") in linked
-    assert all((per_token_slider.model_id, "index", row.model_id, "selected_index") in linked
-               for row in grid.children)
+    assert all(
+        (per_token_slider.model_id, "index", row.model_id, "selected_index") in linked
+        for row in grid.children
+    )
 
 
 def test_without_stack_widget_images_are_swapped_from_python(monkeypatch):
     monkeypatch.delattr(widgets, "Stack")  # ipywidgets 7, as in Colab
     box = image_slider_explorer(render, experts=[2, 4], experts_per_token=[1, 2])
     experts_slider, per_token_slider, image = box.children
-    shown = [bytes(image.value)]                        # (4, 2), the middle of each range
+    shown = [bytes(image.value)]  # (4, 2), the middle of each range
     per_token_slider.value = 1
-    shown.append(bytes(image.value))                    # (4, 1)
+    shown.append(bytes(image.value))  # (4, 1)
     experts_slider.value = 2
-    shown.append(bytes(image.value))                    # (2, 1)
+    shown.append(bytes(image.value))  # (2, 1)
     assert all(png.startswith(b"\x89PNG") for png in shown) and len(set(shown)) == 3
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(experts=[], experts_per_token=[1]), "at least one value"),
-    (dict(experts=[0, 2], experts_per_token=[1]), "positive integers"),
-    (dict(experts=[2], experts_per_token=[3]), "no pair with experts_per_token <= number of experts"),
-    (dict(experts=[2, 4], experts_per_token=[1], initial=(3, 1)), "initial=(3, 1)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(experts=[], experts_per_token=[1]), "at least one value"),
+        (dict(experts=[0, 2], experts_per_token=[1]), "positive integers"),
+        (
+            dict(experts=[2], experts_per_token=[3]),
+            "no pair with experts_per_token <= number of experts",
+        ),
+        (dict(experts=[2, 4], experts_per_token=[1], initial=(3, 1)), "initial=(3, 1)"),
+    ],
+)
 def test_bad_arguments_say_what_is_wrong(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
         image_slider_explorer(render, **kwargs)
 
 

@@ -1,10 +1,13 @@
-"""Fixtures for the browser test of the built book: the site, a local web server, headless Chromium.
+"""Fixtures for the browser test of the built book: the site, a local web server,
+headless Chromium.
 
-Run after `make book` with `make browser-test` (pytest tests/browser). Needs Debian's chromium and
-chromium-driver; CHROMIUM and CHROMEDRIVER override their paths, BOOK_HTML the built site's folder (default
-_build/html). A book built with `jupyter-book build . --path-output DIR` is in DIR/_build/html, and its
-screenshots go to DIR/_build/screenshots. test_demo_build.py needs a build on the offline demo corpus.
+Run after `make book` with `make browser-test` (pytest tests/browser). Needs Debian's
+chromium and chromium-driver; CHROMIUM and CHROMEDRIVER override their paths, BOOK_HTML
+the built site's folder (default _build/html). A book built with `jupyter-book build .
+--path-output DIR` is in DIR/_build/html, and its screenshots go to
+DIR/_build/screenshots. test_demo_build.py needs a build on the offline demo corpus.
 """
+
 import functools
 import http.server
 import os
@@ -27,7 +30,8 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        # Browsers ask for /favicon.ico on their own; the book has none and links to none.
+        # Browsers ask for /favicon.ico on their own; the book has none and links to
+        # none.
         if self.path == "/favicon.ico":
             self.send_response(204)
             self.end_headers()
@@ -38,7 +42,9 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def site() -> Path:
     if not (SITE / "index.html").is_file():
-        pytest.fail(f"no built book at {SITE}: run `make book` first (or set BOOK_HTML)")
+        pytest.fail(
+            f"no built book at {SITE}: run `make book` first (or set BOOK_HTML)"
+        )
     return SITE
 
 
@@ -58,17 +64,30 @@ def browser():
     chromedriver = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
     for path, package in ((chromium, "chromium"), (chromedriver, "chromium-driver")):
         if not Path(path).is_file():
-            pytest.fail(f"{path} not found: install it with `apt-get install -y {package}`")
+            pytest.fail(
+                f"{path} not found: install it with `apt-get install -y {package}`"
+            )
     profile = tempfile.mkdtemp(prefix="book-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", "--disable-dev-shm-usage", "--window-size=1280,1000",
-                 f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    driver = webdriver.Chrome(
+        options=options, service=Service(executable_path=chromedriver)
+    )
     driver.set_page_load_timeout(30)
     driver.set_script_timeout(30)
     yield driver

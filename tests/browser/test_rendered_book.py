@@ -1,10 +1,12 @@
-"""Open every page of the built book in headless Chromium and check what a reader would see:
-no JavaScript error, rendered math, loaded images, working internal links, nothing loaded from another
-host (the book must work offline), Colab buttons on the chapters, and MoE sliders that change the figure.
-Then whether the page reads well at the width of a laptop screen (1280 pixels): no code, output or equation
-wider than the text column, figures sharp on a 2x display and not squeezed, no Python warning or temporary
-path in an output, and every citation a link to its entry in the references.
+"""Open every page of the built book in headless Chromium and check what a reader would
+see: no JavaScript error, rendered math, loaded images, working internal links, nothing
+loaded from another host (the book must work offline), Colab buttons on the chapters,
+and MoE sliders that change the figure. Then whether the page reads well at the width of
+a laptop screen (1280 pixels): no code, output or equation wider than the text column,
+figures sharp on a 2x display and not squeezed, no Python warning or temporary path in
+an output, and every citation a link to its entry in the references.
 """
+
 import functools
 import html.parser
 import re
@@ -32,6 +34,7 @@ def toc_pages() -> list[str]:
                 yield entry["file"]
             yield from walk(entry.get("sections"))
             yield from walk(entry.get("chapters"))
+
     return [toc["root"], *walk(toc.get("parts")), *walk(toc.get("chapters"))]
 
 
@@ -39,7 +42,8 @@ PAGES = toc_pages() + ["genindex", "search"]
 
 
 class _Anchors(html.parser.HTMLParser):
-    """The ids (and names) of a page's elements; with tag and class_name, of those elements only."""
+    """The ids (and names) of a page's elements; with tag and class_name, of those
+    elements only."""
 
     def __init__(self, tag: str | None = None, class_name: str | None = None):
         super().__init__()
@@ -48,7 +52,9 @@ class _Anchors(html.parser.HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if self.tag and (tag != self.tag or self.class_name not in (attrs.get("class") or "").split()):
+        if self.tag and (
+            tag != self.tag or self.class_name not in (attrs.get("class") or "").split()
+        ):
             return
         for name in ("id", "name"):
             if attrs.get(name):
@@ -65,7 +71,9 @@ def anchors(path: Path) -> frozenset:
 def open_page(browser, base_url, page):
     browser.get_log("browser")  # drop what earlier pages logged
     browser.get(base_url + page + ".html")
-    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(browser, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
     # MathJax typesets after the load event; wait until it has finished (or failed).
     status = browser.execute_async_script("""
         const done = arguments[arguments.length - 1];
@@ -85,7 +93,11 @@ def is_remote(url: str) -> bool:
 
 
 def severe_console_messages(browser):
-    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    return [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE"
+    ]
 
 
 def test_every_page_in_the_toc_was_built(site):
@@ -110,7 +122,8 @@ def test_page(browser, base_url, site, screenshots, page):
     remote = sorted({url for url in loaded if is_remote(url)})
     assert not remote, f"{page}: loads from outside the site: {remote}"
 
-    # Math: every math node typeset by MathJax, no TeX error, no raw delimiters left in the text.
+    # Math: every math node typeset by MathJax, no TeX error, no raw delimiters left in
+    # the text.
     math = browser.execute_script("""
         const nodes = [...document.querySelectorAll('.math')];
         const clone = document.body.cloneNode(true);
@@ -122,10 +135,18 @@ def test_page(browser, base_url, site, screenshots, page):
                 text: clone.textContent};""")
     assert not math["untypeset"], f"{page}: math not typeset: {math['untypeset'][:5]}"
     assert not math["errors"], f"{page}: MathJax errors: {math['errors'][:5]}"
-    raw = [token for token in ("$$", "\\(", "\\)", "\\[", "\\]", "\\begin{") if token in math["text"]]
-    assert not raw, f"{page}: raw LaTeX delimiters {raw} in the page text: math that was not parsed"
+    raw = [
+        token
+        for token in ("$$", "\\(", "\\)", "\\[", "\\]", "\\begin{")
+        if token in math["text"]
+    ]
+    assert not raw, (
+        f"{page}: raw LaTeX delimiters {raw} in the page text: math that was not parsed"
+    )
     if math["nodes"]:
-        assert browser.find_elements(By.CSS_SELECTOR, "mjx-container"), f"{page}: math but no MathJax output"
+        assert browser.find_elements(By.CSS_SELECTOR, "mjx-container"), (
+            f"{page}: math but no MathJax output"
+        )
 
     broken = browser.execute_script("""
         return [...document.images].filter((img) => img.naturalWidth === 0)
@@ -133,7 +154,11 @@ def test_page(browser, base_url, site, screenshots, page):
     assert not broken, f"{page}: images that did not load: {broken}"
 
     # Internal links must point to a built file, and to an existing anchor in it.
-    hrefs = set(browser.execute_script("return [...document.querySelectorAll('a[href]')].map((a) => a.href)"))
+    hrefs = set(
+        browser.execute_script(
+            "return [...document.querySelectorAll('a[href]')].map((a) => a.href)"
+        )
+    )
     bad_links = []
     for href in hrefs:
         url = urlsplit(href)
@@ -144,27 +169,41 @@ def test_page(browser, base_url, site, screenshots, page):
             target = target / "index.html"
         if not target.is_file():
             bad_links.append(f"{href} (no such file)")
-        elif url.fragment and target.suffix == ".html" and unquote(url.fragment) not in anchors(target):
+        elif (
+            url.fragment
+            and target.suffix == ".html"
+            and unquote(url.fragment) not in anchors(target)
+        ):
             bad_links.append(f"{href} (no such anchor)")
     assert not bad_links, f"{page}: broken internal links: {sorted(bad_links)}"
 
     if page.startswith("notebooks/"):
-        repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-        colab = "https://colab.research.google.com/github/" + urlsplit(repository).path.strip("/")
-        assert any(href.startswith(colab) and href.endswith(f"{page}.ipynb") for href in hrefs), \
-            f"{page}: no Colab launch button for {page}.ipynb"
+        repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"][
+            "url"
+        ]
+        colab = "https://colab.research.google.com/github/" + urlsplit(
+            repository
+        ).path.strip("/")
+        assert any(
+            href.startswith(colab) and href.endswith(f"{page}.ipynb") for href in hrefs
+        ), f"{page}: no Colab launch button for {page}.ipynb"
 
 
-# What a reader should not meet in a cell's output: a Python warning, or a path of the build machine's
-# temporary folders (tempfile's names are "tmp" and 8 characters).
+# What a reader should not meet in a cell's output: a Python warning, or a path of the
+# build machine's temporary folders (tempfile's names are "tmp" and 8 characters).
 WARNING = re.compile(r"\b[A-Z]\w*Warning\b:?|\bWarning:")
 TEMP_PATH = re.compile(r"(?<![\w.])/tmp/|/var/folders/|\btmp[a-z0-9_]{8}\b")
-# A citation typed by hand instead of a {cite} role that links it to the references: "Ainslie et al., 2023",
-# "(Shazeer, 2019)", "(Zhang & Sennrich, 2019)" or "Zhang and Sennrich (2019)".
-TYPED_CITATION = re.compile(r"\b[A-Z][\w'-]+ et al\.,? \(?(?:19|20)\d\d"
-                            r"|\([A-Z][\w'-]+(?: (?:and|&) [A-Z][\w'-]+)?,? (?:19|20)\d\d[a-z]?[;)]"
-                            r"|\b[A-Z][\w'-]+ (?:and|&) [A-Z][\w'-]+ \((?:19|20)\d\d\)")
-SQUEEZED = 0.95  # a figure shown narrower than this share of its own width is squeezed: its labels shrink
+# A citation typed by hand instead of a {cite} role that links it to the references:
+# "Ainslie et al., 2023", "(Shazeer, 2019)", "(Zhang & Sennrich, 2019)" or "Zhang and
+# Sennrich (2019)".
+TYPED_CITATION = re.compile(
+    r"\b[A-Z][\w'-]+ et al\.,? \(?(?:19|20)\d\d"
+    r"|\([A-Z][\w'-]+(?: (?:and|&) [A-Z][\w'-]+)?,? (?:19|20)\d\d[a-z]?[;)]"
+    r"|\b[A-Z][\w'-]+ (?:and|&) [A-Z][\w'-]+ \((?:19|20)\d\d\)"
+)
+# a figure shown narrower than this share of its own width is squeezed: its labels
+# shrink
+SQUEEZED = 0.95
 REFERENCES = "book/references"
 
 LAYOUT_PROBLEMS = r"""
@@ -221,18 +260,28 @@ return problems;"""
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_reads_well(browser, base_url, page):
-    """Nothing wider than the text column, sharp figures, no warnings or temporary paths in outputs."""
+    """Nothing wider than the text column, sharp figures, no warnings or temporary paths
+    in outputs."""
     open_page(browser, base_url, page)
     problems = browser.execute_script(LAYOUT_PROBLEMS, SQUEEZED)
     outputs = browser.execute_script(
-        "return [...document.querySelectorAll('.cell_output')].map((e) => e.textContent)")
+        "return [...document.querySelectorAll('.cell_output')].map((e) => "
+        "e.textContent)"
+    )
     for text in outputs:
-        for pattern, what in ((WARNING, "a Python warning"), (TEMP_PATH, "a temporary-folder path")):
+        for pattern, what in (
+            (WARNING, "a Python warning"),
+            (TEMP_PATH, "a temporary-folder path"),
+        ):
             found = pattern.search(text)
             if found:
                 start = max(0, found.start() - 40)
-                problems.append(f"{what} in an output: ...{text[start:found.end() + 40]!r}")
-    assert not problems, f"{page}: " + "\n  ".join([f"{len(problems)} problem(s):", *problems])
+                problems.append(
+                    f"{what} in an output: ...{text[start : found.end() + 40]!r}"
+                )
+    assert not problems, f"{page}: " + "\n  ".join(
+        [f"{len(problems)} problem(s):", *problems]
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -259,21 +308,39 @@ def test_citations_link_to_the_references(browser, base_url, site, page):
     problems = []
     for citation in found["citations"]:
         if not citation["hrefs"]:
-            problems.append(f"citation {citation['text']!r} links to nothing: is its key in references.bib?")
+            problems.append(
+                f"citation {citation['text']!r} links to nothing: is its key in "
+                "references.bib?"
+            )
         for href in citation["hrefs"]:
             url = urlsplit(href)
-            if not unquote(url.path).endswith(f"/{REFERENCES}.html") or unquote(url.fragment) not in entries:
-                problems.append(f"citation {citation['text']!r} links to {href}, not to an entry of the references")
+            if (
+                not unquote(url.path).endswith(f"/{REFERENCES}.html")
+                or unquote(url.fragment) not in entries
+            ):
+                problems.append(
+                    f"citation {citation['text']!r} links to {href}, not to an entry "
+                    "of the references"
+                )
     typed = sorted(set(TYPED_CITATION.findall(found["prose"])))
     if typed:
-        problems.append(f"citations typed by hand, not linked to the references (use {{cite}}): {typed}")
+        problems.append(
+            f"citations typed by hand, not linked to the references (use {{cite}}): "
+            f"{typed}"
+        )
     assert not problems, f"{page}: " + "\n  ".join(problems)
 
 
 def visible_widget_image(container):
-    """PNG screenshot and src of the one widget image that is shown inside `container`."""
-    shown = [img for img in container.find_elements(By.CSS_SELECTOR, "img") if img.is_displayed()]
-    assert len(shown) == 1, f"expected one visible figure in the widget, found {len(shown)}"
+    """PNG screenshot and src of the one widget image shown inside `container`."""
+    shown = [
+        img
+        for img in container.find_elements(By.CSS_SELECTOR, "img")
+        if img.is_displayed()
+    ]
+    assert len(shown) == 1, (
+        f"expected one visible figure in the widget, found {len(shown)}"
+    )
     return shown[0].screenshot_as_png, shown[0].get_attribute("src")
 
 
@@ -281,25 +348,41 @@ def test_moe_sliders_change_the_figure(browser, base_url, screenshots):
     open_page(browser, base_url, MOE_CHAPTER)
     handles = WebDriverWait(browser, 20).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle"),
-        message=f"{MOE_CHAPTER}: the slider widgets did not render (is the widget state embedded?)")
-    assert len(handles) >= 2, f"{MOE_CHAPTER}: expected the experts and top-k sliders, found {len(handles)}"
+        message=f"{MOE_CHAPTER}: the slider widgets did not render (is the widget "
+        "state embedded?)",
+    )
+    assert len(handles) >= 2, (
+        f"{MOE_CHAPTER}: expected the experts and top-k sliders, found {len(handles)}"
+    )
 
     for number, handle in enumerate(handles):
         # The explorer is the nearest widget box that holds both the slider and figures.
-        container = handle.find_element(By.XPATH, "ancestor::div[contains(@class, 'widget-box')][.//img][1]")
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", container)
+        container = handle.find_element(
+            By.XPATH, "ancestor::div[contains(@class, 'widget-box')][.//img][1]"
+        )
+        browser.execute_script(
+            "arguments[0].scrollIntoView({block: 'center'})", container
+        )
         before, src_before = visible_widget_image(container)
         container.screenshot(str(screenshots / f"moe_slider{number}_before.png"))
         position = handle.get_attribute("aria-valuenow")
         at_max = float(position) >= float(handle.get_attribute("aria-valuemax"))
         handle.send_keys(Keys.ARROW_LEFT if at_max else Keys.ARROW_RIGHT)
-        WebDriverWait(browser, 10).until(lambda d: handle.get_attribute("aria-valuenow") != position,
-                                         message=f"slider {number} did not move")
-        WebDriverWait(browser, 10).until(lambda d: visible_widget_image(container)[1] != src_before,
-                                         message=f"slider {number} moved but the figure stayed the same")
+        WebDriverWait(browser, 10).until(
+            lambda d: handle.get_attribute("aria-valuenow") != position,
+            message=f"slider {number} did not move",
+        )
+        WebDriverWait(browser, 10).until(
+            lambda d: visible_widget_image(container)[1] != src_before,
+            message=f"slider {number} moved but the figure stayed the same",
+        )
         after, _ = visible_widget_image(container)
         container.screenshot(str(screenshots / f"moe_slider{number}_after.png"))
-        assert after != before, f"slider {number}: a different image is shown but it looks the same"
+        assert after != before, (
+            f"slider {number}: a different image is shown but it looks the same"
+        )
 
     errors = severe_console_messages(browser)
-    assert not errors, f"{MOE_CHAPTER}: JavaScript errors while moving the sliders: {errors}"
+    assert not errors, (
+        f"{MOE_CHAPTER}: JavaScript errors while moving the sliders: {errors}"
+    )

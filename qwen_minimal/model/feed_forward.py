@@ -1,4 +1,6 @@
-"""The dense SwiGLU feed-forward network (the baseline that each MoE expert is a copy of)."""
+"""The dense SwiGLU feed-forward network (the baseline that each MoE expert is a copy
+of)."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -1,8 +1,10 @@
-"""Rotary position embedding (RoFormer), in the rotate-half layout that Qwen3 and transformers use."""
+"""Rotary position embedding (RoFormer), in the rotate-half layout that Qwen3 and
+transformers use."""
+
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def rope_frequencies(head_dim: int, theta: float) -> torch.Tensor:
@@ -17,7 +19,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel i with channel i + head_dim/2 by the angle of its position. x: [..., T, head_dim]."""
+    """Rotate channel i with channel i + head_dim/2 by the angle of its position. x:
+    [..., T, head_dim]."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
 
@@ -27,15 +30,23 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), rope_frequencies(head_dim, theta))
-        angles = torch.cat((angles, angles), dim=-1)  # both halves of a rotated pair share an angle
+        angles = torch.outer(
+            torch.arange(max_seq_len, dtype=torch.float32),
+            rope_frequencies(head_dim, theta),
+        )
+        # both halves of a rotated pair share an angle
+        angles = torch.cat((angles, angles), dim=-1)
         # Not saved in checkpoints: they are a function of the config.
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for positions start .. start + length - 1, each [length, head_dim]."""
+        """cos and sin for positions start .. start + length - 1, each [length,
+        head_dim]."""
         if start + length > self.cos.shape[0]:
-            raise InputError(f"positions up to {start + length} exceed max_seq_len={self.cos.shape[0]}: "
-                             f"shorten the input or build the model with a larger max_seq_len")
-        return self.cos[start:start + length], self.sin[start:start + length]
+            raise InputError(
+                f"positions up to {start + length} exceed "
+                f"max_seq_len={self.cos.shape[0]}: "
+                f"shorten the input or build the model with a larger max_seq_len"
+            )
+        return self.cos[start : start + length], self.sin[start : start + length]

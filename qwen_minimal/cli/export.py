@@ -1,0 +1,103 @@
+"""Weights out to transformers from the command line: a training checkpoint written as a
+transformers checkpoint folder (interop.save_pretrained), which AutoModelForCausalLM /
+AutoTokenizer.from_pretrained, the hub and the tools that read hub checkpoints load with
+no code of ours:
+
+    python -m qwen_minimal export --checkpoint runs/cpu-tiny --out exported/cpu-tiny
+
+The folder holds config.json, generation_config.json, the weights (model.safetensors, or
+shards listed in model.safetensors.index.json past --max_shard_size) under the hub's
+tensor names, one tensor per expert as in the released Qwen3-MoE checkpoints, and the
+tokenizer's files. What transformers' Qwen3 cannot represent (an expert capacity, a
+bias-balanced router) is refused with an InputError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import torch
+
+from ..interop import save_pretrained
+from ..training import checkpoint
+from .options import exit_on_input_error
+
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def shard_size(text: str) -> int | str:
+    """--max_shard_size: bytes, or a number with a unit (KB, MB, GB or TB, powers of
+    1000), as the hub writes it."""
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    if re.fullmatch(r"\d+(KB|MB|GB|TB)", text.upper()):
+        return text.upper()
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a size: write it like 5GB, 500MB or 1000000 (bytes)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen_minimal export",
+        allow_abbrev=False,
+        description="Write a qwen_minimal training checkpoint as a transformers "
+        "checkpoint folder (Qwen3 or "
+        "Qwen3-MoE), which AutoModelForCausalLM.from_pretrained and "
+        "AutoTokenizer.from_pretrained load.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run's output folder (e.g. runs/cpu-tiny) or its checkpoint/ folder",
+    )
+    parser.add_argument(
+        "--out", required=True, help="the folder to write (created if needed)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="dtype of the saved weights (default float32, exact; bfloat16 halves "
+        "the size)",
+    )
+    parser.add_argument(
+        "--max_shard_size",
+        default="5GB",
+        type=shard_size,
+        help='largest weight file, e.g. "5GB" or "500MB"; bigger models are sharded '
+        "(default 5GB)",
+    )
+    return parser
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    model, tokenizer = (
+        checkpoint.load_model(args.checkpoint),
+        checkpoint.saved_tokenizer(args.checkpoint),
+    )
+    if tokenizer is None:
+        print(
+            f"# WARNING: {checkpoint.find_checkpoint(args.checkpoint)} holds no "
+            "tokenizer, so the exported "
+            f"folder has none either: AutoTokenizer.from_pretrained will not load it",
+            file=sys.stderr,
+        )
+    folder = save_pretrained(
+        model, args.out, tokenizer, DTYPES[args.dtype], args.max_shard_size
+    )
+    for file in sorted(folder.iterdir()):
+        print(f"{file.stat().st_size:>14,} bytes  {file}")
+    print(
+        "# load it with "
+        f"transformers.AutoModelForCausalLM.from_pretrained({str(folder)!r})",
+        file=sys.stderr,
+    )

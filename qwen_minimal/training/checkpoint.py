@@ -1,0 +1,289 @@
+"""Checkpoints: one folder with the weights (safetensors), the configurations (JSON),
+the tokenizer the model was trained with and, for resuming, the training state
+(optimizer moments and step).
+
+Layout, inside a run's output folder:
+
+    <out_dir>/checkpoint/
+        model.safetensors   fp32 weights (a tied embedding is stored once)
+        config.json         {"model": ModelConfig, "train": TrainConfig, "step",
+                             "tokenizer"}
+        tokenizer/          the tokenizer, as tokenizer.save_pretrained() writes it
+        train_state.pt      optimizer state and step (absent in weights-only saves)
+
+A save writes a complete new folder beside the old one and then swaps the two by
+renaming, so an interrupted save never leaves a checkpoint that is half old and half
+new. A file that is damaged all the same (a full disk, a copy cut short) is reported as
+an InputError that names it and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from ..errors import InputError, MissingInputError
+from ..model.config import ModelConfig
+from ..model.decoder import QwenLM
+
+CHECKPOINT_DIR = "checkpoint"
+WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer",
+    "train_state.pt",
+)
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: QwenLM,
+    step: int = 0,
+    train_config: dict | None = None,
+    tokenizer=None,
+    optimizer: torch.optim.Optimizer | dict | None = None,
+) -> Path:
+    """Write <out_dir>/checkpoint atomically and return its path. With an optimizer (or
+    its state_dict(), as distributed.gathered_state assembles it from several
+    processes), the training state (optimizer moments and step) is saved too, so that
+    training can resume exactly."""
+    out_dir = Path(out_dir)
+    final, tmp, old = (
+        out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", ".tmp", ".old")
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # drops the duplicate of a tied weight
+    safetensors.torch.save_model(model, str(tmp / WEIGHTS))
+    config = {
+        "model": model.config.to_dict(),
+        "train": train_config,
+        "step": step,
+        "tokenizer": None if tokenizer is None else tokenizer.name_or_path,
+    }
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / TOKENIZER)
+    if optimizer is not None:
+        # The data order is a function of (seed, step), so `step` is also the position
+        # in the data; nothing else draws random numbers after initialisation, so no
+        # random-number state is needed.
+        state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        torch.save({"step": step, "optimizer": state}, tmp / TRAIN_STATE)
+    # readable by others, like the rest of the run (safetensors writes 0600)
+    for file in (
+        tmp,
+        *tmp.rglob("*"),
+    ):
+        os.chmod(file, 0o755 if file.is_dir() else 0o644)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder for `path`: a checkpoint folder itself, or a run's output
+    folder holding one."""
+    path = Path(path).expanduser()
+    # ".old" is there only if a save died between its two renames: it is then the newest
+    # complete one.
+    for folder in (path, path / CHECKPOINT_DIR, path / (CHECKPOINT_DIR + ".old")):
+        if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
+            return folder
+    raise MissingInputError(
+        f"no checkpoint at {path}: expected {path / CHECKPOINT_DIR / WEIGHTS} and "
+        f"{CONFIG} beside it, as "
+        f"written by `python -m qwen_minimal train --out_dir {path}`. Check the "
+        "path, or train a model first"
+    )
+
+
+def _damaged(file: Path, problem: str, remedy: str | None = None) -> InputError:
+    remedy = (
+        remedy
+        or f"put back a good copy of {file.name}, or train again with another --out_dir"
+    )
+    return InputError(
+        f"{file} is damaged ({problem}); perhaps it was cut short (a full disk, an "
+        "unfinished copy) "
+        f"or overwritten. To go on, {remedy}"
+    )
+
+
+def _first_sentence(error: Exception) -> str:
+    """The gist of a library's error, on one line (torch's messages go on for a
+    paragraph)."""
+    return str(error).split(". ")[0].split("\n")[0] or type(error).__name__
+
+
+def read_config(path: str | Path) -> dict:
+    """The checkpoint's config.json: {"model": ..., "train": ..., "step": ...,
+    "tokenizer": ...}, its model settings checked (ModelConfig.from_dict reads them)."""
+    file = find_checkpoint(path) / CONFIG
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _damaged(file, f"not valid JSON: {e}") from None
+    if not (
+        isinstance(config, dict)
+        and isinstance(config.get("model"), dict)
+        and isinstance(config.get("step"), int)
+        and "train" in config
+        and isinstance(config["train"], (dict, type(None)))
+    ):
+        raise _damaged(
+            file,
+            'it needs "model" settings, a whole-number "step", and "train" settings '
+            "or null",
+        )
+    try:
+        ModelConfig.from_dict(config["model"])
+    except (
+        InputError,
+        TypeError,
+    ) as e:  # TypeError: a value of the wrong type, e.g. "hidden_size": "32"
+        raise _damaged(file, f"its model settings are invalid: {e}") from None
+    return config
+
+
+def model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig saved in a checkpoint (older checkpoints included, see
+    ModelConfig.from_dict)."""
+    return ModelConfig.from_dict(read_config(path)["model"])
+
+
+def _check_weights_file(file: Path) -> None:
+    """InputError unless the safetensors header of `file` reads and the file is as long
+    as the header says (safe_open checks both without reading the tensors)."""
+    try:
+        with safetensors.safe_open(str(file), framework="pt"):
+            pass
+    except safetensors.SafetensorError as e:
+        raise _damaged(file, f"not a readable safetensors file: {e}") from None
+
+
+def load_weights(model: QwenLM, path: str | Path) -> None:
+    """Copy the checkpoint's weights into `model` (which must have the same
+    configuration)."""
+    file = find_checkpoint(path) / WEIGHTS
+    _check_weights_file(file)
+    device = next(model.parameters()).device
+    try:
+        missing, unexpected = safetensors.torch.load_model(
+            model, str(file), strict=False, device=str(device)
+        )
+    except RuntimeError as e:  # a tensor of another shape than config.json says
+        raise _damaged(
+            file, f"its tensors do not fit the model of {CONFIG}: {e}"
+        ) from None
+    if missing or unexpected:
+        raise _damaged(
+            file,
+            f"tensors missing: {sorted(missing)[:4]}, unexpected: "
+            f"{sorted(unexpected)[:4]}",
+        )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> QwenLM:
+    """The model saved in a checkpoint (folder or run output folder), in eval mode, fp32
+    weights."""
+    model = QwenLM(model_config(path)).to(device)
+    load_weights(model, path)
+    return model.eval()
+
+
+def saved_tokenizer(path: str | Path):
+    """The tokenizer saved with a checkpoint, or None if it was saved without one."""
+    from transformers import AutoTokenizer
+
+    folder = find_checkpoint(path) / TOKENIZER
+    if not folder.is_dir():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise _damaged(
+            folder, f"the tokenizer cannot be read: {_first_sentence(e)}"
+        ) from None
+
+
+def _train_state_damaged(folder: Path, problem: str) -> InputError:
+    return _damaged(
+        folder / TRAIN_STATE,
+        problem,
+        "generate from the weights, which are not affected (python -m qwen_minimal "
+        "generate --checkpoint "
+        f"{folder}); to train further, put back a good copy of {TRAIN_STATE} or "
+        "start a new run in "
+        f"another --out_dir",
+    )
+
+
+def _read_train_state(folder: Path, mmap: bool = False) -> dict:
+    """train_state.pt, checked to be {"step": int, "optimizer": dict}; with mmap, its
+    tensors are mapped, not read (a check that costs milliseconds whatever the size)."""
+    file = folder / TRAIN_STATE
+    if not file.is_file():
+        raise MissingInputError(
+            f"{folder} holds weights only ({TRAIN_STATE} is missing), so training "
+            f"cannot resume from it: start a new run in another --out_dir"
+        )
+    # a cut-short archive has lost its table of contents, which comes last
+    if not zipfile.is_zipfile(file):
+        raise _train_state_damaged(folder, "not the zip archive that torch.save writes")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise _train_state_damaged(
+            folder, f"torch.load cannot read it: {_first_sentence(e)}"
+        ) from None
+    if not (
+        isinstance(state, dict)
+        and isinstance(state.get("step"), int)
+        and isinstance(state.get("optimizer"), dict)
+    ):
+        raise _train_state_damaged(
+            folder, 'it does not hold a "step" and an "optimizer" state'
+        )
+    return state
+
+
+def check_resumable(path: str | Path) -> None:
+    """InputError now if training cannot resume from the checkpoint in `path` (a file
+    missing or damaged), from the files' headers alone: a run checks this before it
+    tokenizes its corpus, which can take minutes."""
+    folder = find_checkpoint(path)
+    read_config(folder)
+    _check_weights_file(folder / WEIGHTS)
+    _read_train_state(folder, mmap=True)
+
+
+def load_optimizer_state(
+    path: str | Path, optimizer: torch.optim.Optimizer, load=None
+) -> int:
+    """Restore the optimizer state of a checkpoint; return the step to continue from.
+    load(optimizer, state) puts the saved state_dict() into the optimizer: by default
+    optimizer.load_state_dict, which moves the moments to the parameters' device;
+    distributed.load_optimizer_state gives each of several processes its part."""
+    folder = find_checkpoint(path)
+    state = _read_train_state(folder)
+    try:
+        if load is None:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            load(optimizer, state["optimizer"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise _train_state_damaged(
+            folder, f"it does not hold this model's optimizer state: {e}"
+        ) from None
+    return state["step"]
