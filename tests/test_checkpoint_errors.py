@@ -172,10 +172,9 @@ def test_damaged_file_stops_the_tool_with_one_line_within_two_seconds(
     # the tools' entry points, as `python -m` calls them
     main = generate.main if tool == "generate" else train_cli.main
     start = time.perf_counter()
-    with pytest.raises(
-        SystemExit
-    ) as exit_info:  # any other exception would be a traceback
-        main(TOOLS[tool](run)[1:])
+    # any other exception than SystemExit would be a traceback
+    with pytest.raises(SystemExit) as exit_info:
+        main(TOOLS[tool](run)[2:])
     seconds = time.perf_counter() - start
     assert exit_info.value.code == 2
     assert_one_clear_line(capsys.readouterr().err, file, DAMAGES[damage][2])
@@ -206,7 +205,7 @@ def test_generate_needs_only_the_weights(good_run, tmp_path, capsys):
         InputError, match="generate from the weights, which are not affected"
     ):
         checkpoint.check_resumable(run)
-    generate.main(TOOLS["generate"](run)[1:])
+    generate.main(TOOLS["generate"](run)[2:])
     captured = capsys.readouterr()
     assert "(step 1)" in captured.err and captured.out.strip()
 
@@ -217,7 +216,7 @@ def test_the_undamaged_checkpoint_resumes(good_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(good_run, run)
     checkpoint.check_resumable(run)
-    train_cli.main(TOOLS["train --resume"](run)[1:])
+    train_cli.main(TOOLS["train --resume"](run)[2:])
     assert checkpoint.read_config(run)["step"] == 2
 
 

@@ -148,10 +148,8 @@ def read_config(path: str | Path) -> dict:
         )
     try:
         ModelConfig.from_dict(config["model"])
-    except (
-        InputError,
-        TypeError,
-    ) as e:  # TypeError: a value of the wrong type, e.g. "hidden_size": "32"
+    # TypeError: a value of the wrong type, e.g. "hidden_size": "32"
+    except (InputError, TypeError) as e:
         raise _damaged(file, f"its model settings are invalid: {e}") from None
     return config
 
