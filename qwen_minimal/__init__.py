@@ -1,16 +1,20 @@
 """qwen_minimal: a compact Qwen3-style Mixture-of-Experts language model in PyTorch.
 
-The model, floor by floor (each module imports only from the ones above it):
-  errors, config                        settings and the error for bad input
-  rmsnorm, rope, attention, kv_cache,   the layers
-  feed_forward, moe, loss, sampling
-  model                                 QwenLM: the decoder, its FLOPs, generate
-  devices, interop                      where it runs; weights in and out of
-transformers Around it: data/ (text, tokenizer, token cache, batches), optim,
-monitoring, plots, checkpoint, cli, distributed and expert_parallel (training on several
-processes, as torchrun starts them), and the command-line tools train, generate, bench,
-balance and export (python -m qwen_minimal.<tool> --help). widgets: the book's
-interactive figures (pip install "qwen-minimal[book]")."""
+Its folders are its layers; each module imports only from the ones below it
+(tests/test_package_layers.py):
+
+  errors, files, devices  the error for bad input, safe writes, where it runs
+  model/                  the building blocks (config, rmsnorm, rope, kv_cache,
+                          attention, feed_forward, moe, balancing, loss, sampling) and
+                          the decoder, QwenLM, with its FLOPs and generate
+  interop                 weights in and out of transformers
+  data/                   text, tokenizer, token-id cache, batches
+  training/               TrainConfig, the loop, AdamW, monitoring, plots, checkpoints,
+                          training on several processes
+  cli/                    the tools: python -m qwen_minimal TOOL --help
+  book/                   what the chapters share, and their interactive figures
+                          (pip install "qwen-minimal[book]")
+"""
 
 from .errors import InputError
 from .interop import (
