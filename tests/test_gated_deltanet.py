@@ -13,7 +13,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import (
 )
 
 from qwen_minimal.errors import InputError
-from qwen_minimal.gated_deltanet import (
+from qwen_minimal.model.gated_deltanet import (
     GatedDeltaNet,
     LinearAttentionState,
     chunked_gated_delta_rule,

@@ -13,7 +13,7 @@ FLOORS = [
     # model/: the building blocks, then the decoder that assembles them
     {"model.rmsnorm", "model.rope", "model.kv_cache", "model.feed_forward"},
     {"model.loss", "model.sampling", "model.moe"},
-    {"model.attention", "model.balancing"},
+    {"model.attention", "model.balancing", "model.gated_deltanet"},
     {"model.decoder"},
     {"model"},
     # weights in and out; the trainer's parts that need no data

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 from .rmsnorm import RMSNorm
 
 
