@@ -213,3 +213,23 @@ def test_no_python_warning_announces_the_demo(site, demo_site, page):
     assert "DemoDataWarning" not in text and "OFFLINE DEMO TOKENIZER" not in text, (
         f"{page}: the demo data is announced by a Python warning, not only by the note"
     )
+
+
+@pytest.mark.parametrize("page", ["book/intro", "book/setup"])
+def test_the_landing_and_setup_pages_say_the_build_ran_on_the_demo(
+    demo_site, site, page
+):
+    """book/_ext/demo_banner.py: the pages that execute nothing carry the chapters'
+    note as a banner under their title."""
+    source = (site / f"{page}.html").read_text(encoding="utf-8")
+    banner = re.search(
+        r'<div class="[^"]*demo-build-banner[^"]*">(.*?)</div>', source, re.S
+    )
+    assert banner, f"{page}: no demo-corpus banner"
+    text = " ".join(re.sub(r"<[^>]+>", " ", banner.group(1)).split()).replace(
+        "\u2019", "'"
+    )
+    assert "offline demo corpus" in text and "Python's own help text" in text, text
+    assert source.index("demo-build-banner") < source.index("<h2"), (
+        f"{page}: the banner is not under the page's title"
+    )

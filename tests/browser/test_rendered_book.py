@@ -105,6 +105,23 @@ def test_every_page_in_the_toc_was_built(site):
     assert not missing, f"pages in _toc.yml that the build did not produce: {missing}"
 
 
+def test_the_landing_page_has_the_demo_banner_if_and_only_if_a_chapter_ran_on_the_demo(
+    site,
+):
+    """book/_ext/demo_banner.py: a demo build says so on its landing and setup pages;
+    a build on WikiText says nothing there."""
+    demo_chapters = [
+        page.stem
+        for page in (site / "notebooks").glob("*.html")
+        if "corpus-demo" in page.read_text(encoding="utf-8")
+    ]
+    for page in ("book/intro", "book/setup"):
+        banner = "demo-build-banner" in (site / f"{page}.html").read_text("utf-8")
+        assert banner == bool(demo_chapters), (
+            f"{page}: banner {banner}, chapters on the demo corpus: {demo_chapters}"
+        )
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page(browser, base_url, site, screenshots, page):
     open_page(browser, base_url, page)
