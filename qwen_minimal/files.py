@@ -3,11 +3,17 @@ them by content."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from .errors import InputError
+
+# the causes that more room fixes
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -37,3 +43,14 @@ def short_hash(text: str) -> str:
     """16 hex digits of the SHA-256 of `text`: a file name that changes when the text
     does."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cannot_write(
+    path: str | os.PathLike, error: OSError, elsewhere: str = "choose another --out_dir"
+) -> InputError:
+    """The one line for an OSError met while writing `path`: the file the system names
+    (or `path`), the cause and what to do, e.g. `cannot write runs/x/checkpoint.tmp: No
+    space left on device (errno 28): free space, or choose another --out_dir`."""
+    cause = f"{error.strerror} (errno {error.errno})" if error.strerror else str(error)
+    remedy = f"free space, or {elsewhere}" if error.errno in OUT_OF_SPACE else elsewhere
+    return InputError(f"cannot write {error.filename or path}: {cause}: {remedy}")

@@ -41,6 +41,8 @@ WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE = (
     "tokenizer",
     "train_state.pt",
 )
+# a save writes CHECKPOINT_DIR + TMP, then swaps it in, keeping the last one as + OLD
+TMP, OLD = ".tmp", ".old"
 
 
 def save_checkpoint(
@@ -56,9 +58,7 @@ def save_checkpoint(
     processes), the training state (optimizer moments and step) is saved too, so that
     training can resume exactly."""
     out_dir = Path(out_dir)
-    final, tmp, old = (
-        out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", ".tmp", ".old")
-    )
+    final, tmp, old = (out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", TMP, OLD))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # drops the duplicate of a tied weight
@@ -85,6 +85,8 @@ def save_checkpoint(
     ):
         os.chmod(file, 0o755 if file.is_dir() else 0o644)
     if final.exists():
+        # an old one left by a save that died after its swap: final is the newer
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
@@ -97,7 +99,7 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path).expanduser()
     # ".old" is there only if a save died between its two renames: it is then the newest
     # complete one.
-    for folder in (path, path / CHECKPOINT_DIR, path / (CHECKPOINT_DIR + ".old")):
+    for folder in (path, path / CHECKPOINT_DIR, path / (CHECKPOINT_DIR + OLD)):
         if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
             return folder
     raise MissingInputError(
