@@ -5,6 +5,7 @@ damaged in place is caught by its checksums, and a full disk is one line that le
 the last checkpoint resumable. Runs offline; every subprocess has a time limit."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import time
 import pytest
 
 from qwen_minimal.cli.train import main
-from qwen_minimal.training import checkpoint, loop
+from qwen_minimal.errors import InputError
+from qwen_minimal.training import TrainConfig, checkpoint, loop
 
 pytestmark = pytest.mark.usefixtures("offline_data")
 
@@ -136,3 +138,50 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c_and_the_run_resumes(tmp_path, ca
     main(["--out_dir", str(out), "--resume", "--stop_at", str(step + 1)])
     assert f"Resuming {out} at step {step}" in capsys.readouterr().out
     assert checkpoint.read_config(out)["step"] == step + 1
+
+
+@pytest.mark.parametrize("name", ["lr", "min_lr", "warmup_frac", "beta2", "grad_clip"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_settings_are_refused(name, value, capsys):
+    with pytest.raises(InputError, match=f"{name}={value} must be a finite number"):
+        TrainConfig.preset("cpu-tiny", **{name: float(value)})
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"--{name}", value])
+    assert exit_info.value.code == 2
+    assert f"{name}={value} must be a finite number" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory, text_folder, tokenizer_folder):
+    """A run stopped after 2 of 8 steps, with its checkpoint."""
+    out = tmp_path_factory.mktemp("two_steps") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("QWEN_MINIMAL_DATA", str(text_folder))
+        m.setenv("QWEN_MINIMAL_TOKENIZER", str(tokenizer_folder))
+        main(["--out_dir", str(out), *MICRO_CLI, "--max_steps", "8", "--stop_at", "2"])
+    return out
+
+
+# log_interval 1: caught at the log line; 1000: caught before the checkpoint at step 4
+@pytest.mark.parametrize("log_interval", [1, 1000])
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
+    two_steps, tmp_path, capsys, log_interval
+):
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    weights = out / checkpoint.CHECKPOINT_DIR / checkpoint.WEIGHTS
+    good = weights.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        # an absurd learning rate without clipping: nan within two steps
+        main(
+            ["--out_dir", str(out), "--resume", "--lr", "1e30", "--grad_clip", "0"]
+            + ["--log_interval", str(log_interval), "--checkpoint_interval", "2"]
+        )
+    assert exit_info.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "training diverged: the loss or gradient norm is nan or inf by step" in line
+    assert f"the last good checkpoint (step 2) is kept in {out}" in line
+    assert "Try a lower --lr (now 1e+30)" in line and "--grad_clip 1.0" in line
+    assert checkpoint.read_config(out)["step"] == 2 and weights.read_bytes() == good
+    assert not (out / "checkpoint.tmp").exists()

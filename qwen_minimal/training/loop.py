@@ -94,6 +94,7 @@ def train(
                         log_eval(run, step)
                 if step > run.start and step % config.checkpoint_interval == 0:
                     with meter.paused():
+                        stop_if_diverged(run, step - 1, meter.finite())
                         save(run, step)
                 lr = one_cycle_lr(
                     step, config.max_steps, config.lr, config.min_lr, config.warmup_frac
@@ -109,10 +110,15 @@ def train(
                 if monitor_now:
                     run.log(monitor_record(step, stats))
                 if (step + 1) % config.log_interval == 0 or step + 1 == end:
-                    log_train(run, meter.record(step, lr, run))
+                    record = meter.record(step, lr, run)
+                    log_train(run, record)
+                    stop_if_diverged(
+                        run, step, math.isfinite(record["loss"] + record["grad_norm"])
+                    )
             else:
                 step = end
             interrupted = distributed.any_rank(stop["stop"] is not None, run.device)
+        stop_if_diverged(run, step - 1, meter.finite())
         if step == config.max_steps:
             log_eval(run, step)
         save(run, step)
@@ -462,6 +468,12 @@ class Meter:
         if stats.aux_loss is not None:
             self.aux = (0.0 if self.aux is None else self.aux) + stats.aux_loss
 
+    def finite(self) -> bool:
+        """Whether the losses and gradient norms since the last log line are all finite
+        (a nan or inf in any of them makes their sum so); syncs with the device."""
+        sums = [self.lm, self.norm] + ([] if self.aux is None else [self.aux])
+        return math.isfinite(sum(float(v) for v in sums))
+
     @contextmanager
     def paused(self):
         started = time.perf_counter()
@@ -598,6 +610,36 @@ def log_train(run: Run, r: dict) -> None:
         line += f" | peak memory {r['peak_memory_gib']:.1f} GiB"
     run.log(r, line)
     run.bar.set_postfix(loss=f"{r['lm_loss']:.3f}", lr=f"{r['lr']:.1e}")
+
+
+def stop_if_diverged(run: Run, step: int, finite: bool) -> None:
+    """InputError if the loss or the gradient norm has become nan or inf on any process
+    by `step` (as the log lines number steps; `finite` is this process's verdict),
+    before anything is saved: the last good
+    checkpoint is kept. To add no device sync of its own, the loop checks at every log
+    line (where the Meter syncs anyway) and before every save; so a divergence is
+    noticed up to log_interval steps late, but NaN weights are never saved."""
+    if not distributed.any_rank(not finite, run.device):
+        return
+    c = run.config
+    try:
+        saved = checkpoint.read_config(run.out_dir)["step"]
+        kept = (
+            f"the last good checkpoint (step {saved}) is kept in {run.out_dir}, to "
+            "continue from with --resume"
+        )
+    except InputError:
+        kept = "no checkpoint was saved"
+    raise InputError(
+        f"training diverged: the loss or gradient norm is nan or inf by step {step}; "
+        f"{kept}. Try a lower --lr (now {c.lr:g})"
+        + ("" if c.dtype == "float32" else ", --dtype float32")
+        + (
+            f" or a lower --grad_clip (now {c.grad_clip:g})"
+            if c.grad_clip
+            else " or gradient clipping (--grad_clip 1.0)"
+        )
+    )
 
 
 def save(run: Run, step: int) -> None:
