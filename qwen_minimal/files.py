@@ -39,6 +39,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex, read a few MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def short_hash(text: str) -> str:
     """16 hex digits of the SHA-256 of `text`: a file name that changes when the text
     does."""

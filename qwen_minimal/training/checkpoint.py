@@ -7,14 +7,16 @@ Layout, inside a run's output folder:
     <out_dir>/checkpoint/
         model.safetensors   fp32 weights (a tied embedding is stored once)
         config.json         {"model": ModelConfig, "train": TrainConfig, "step",
-                             "tokenizer"}
+                             "tokenizer", "sha256": {file name: SHA-256}}
         tokenizer/          the tokenizer, as tokenizer.save_pretrained() writes it
         train_state.pt      optimizer state and step (absent in weights-only saves)
 
 A save writes a complete new folder beside the old one and then swaps the two by
 renaming, so an interrupted save never leaves a checkpoint that is half old and half
-new. A file that is damaged all the same (a full disk, a copy cut short) is reported as
-an InputError that names it and says what to do.
+new. A file that is damaged all the same (a full disk, a copy cut short, bytes changed
+in place, which the SHA-256 of the weights and of the training state in config.json
+catch) is reported as an InputError that names it and says what to do. Checkpoints
+saved before the checksums were recorded load unchecked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import safetensors.torch
 import torch
 
 from ..errors import InputError, MissingInputError
+from ..files import file_sha256
 from ..model.config import ModelConfig
 from ..model.decoder import QwenLM
 
@@ -63,13 +66,6 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     # drops the duplicate of a tied weight
     safetensors.torch.save_model(model, str(tmp / WEIGHTS))
-    config = {
-        "model": model.config.to_dict(),
-        "train": train_config,
-        "step": step,
-        "tokenizer": None if tokenizer is None else tokenizer.name_or_path,
-    }
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / TOKENIZER)
     if optimizer is not None:
@@ -78,6 +74,19 @@ def save_checkpoint(
         # random-number state is needed.
         state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
         torch.save({"step": step, "optimizer": state}, tmp / TRAIN_STATE)
+    config = {
+        "model": model.config.to_dict(),
+        "train": train_config,
+        "step": step,
+        "tokenizer": None if tokenizer is None else tokenizer.name_or_path,
+        # a file damaged in place keeps its size and often its structure
+        "sha256": {
+            name: file_sha256(tmp / name)
+            for name in (WEIGHTS, TRAIN_STATE)
+            if (tmp / name).exists()
+        },
+    }
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
     # readable by others, like the rest of the run (safetensors writes 0600)
     for file in (
         tmp,
@@ -142,11 +151,12 @@ def read_config(path: str | Path) -> dict:
         and isinstance(config.get("step"), int)
         and "train" in config
         and isinstance(config["train"], (dict, type(None)))
+        and isinstance(config.get("sha256", {}), dict)
     ):
         raise _damaged(
             file,
-            'it needs "model" settings, a whole-number "step", and "train" settings '
-            "or null",
+            'it needs "model" settings, a whole-number "step", "train" settings '
+            'or null, and "sha256" checksums if any',
         )
     try:
         ModelConfig.from_dict(config["model"])
@@ -164,14 +174,27 @@ def model_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(read_config(path)["model"])
 
 
+def _checksum_differs(file: Path) -> str | None:
+    """What is wrong with `file` if its SHA-256 is not the one its checkpoint's
+    config.json recorded, else None (also for a checkpoint saved without checksums)."""
+    expected = read_config(file.parent).get("sha256", {}).get(file.name)
+    if expected is None or file_sha256(file) == expected:
+        return None
+    return f"its SHA-256 is not the one {CONFIG} recorded when it was saved"
+
+
 def _check_weights_file(file: Path) -> None:
-    """InputError unless the safetensors header of `file` reads and the file is as long
-    as the header says (safe_open checks both without reading the tensors)."""
+    """InputError unless the safetensors header of `file` reads, the file is as long as
+    the header says (safe_open checks both without reading the tensors) and its bytes
+    are the ones saved."""
     try:
         with safetensors.safe_open(str(file), framework="pt"):
             pass
     except safetensors.SafetensorError as e:
         raise _damaged(file, f"not a readable safetensors file: {e}") from None
+    problem = _checksum_differs(file)
+    if problem:
+        raise _damaged(file, problem)
 
 
 def load_weights(model: QwenLM, path: str | Path) -> None:
@@ -243,6 +266,9 @@ def _read_train_state(folder: Path, mmap: bool = False) -> dict:
     # a cut-short archive has lost its table of contents, which comes last
     if not zipfile.is_zipfile(file):
         raise _train_state_damaged(folder, "not the zip archive that torch.save writes")
+    problem = _checksum_differs(file)
+    if problem:
+        raise _train_state_damaged(folder, problem)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
