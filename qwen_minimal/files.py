@@ -3,6 +3,7 @@ them by content."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -27,12 +28,18 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     ) as f:
         try:
             write(f)
+            f.flush()  # a full disk shows here, not after the rename
         except BaseException:
-            f.close()
+            with contextlib.suppress(OSError):  # (close flushes again, and fails again)
+                f.close()
             os.unlink(f.name)
             raise
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
+    try:
+        os.chmod(f.name, 0o644)
+        os.replace(f.name, path)
+    except BaseException:
+        os.unlink(f.name)
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -4,6 +4,7 @@ exit status 143), a diverging run stops without saving its NaN weights, a checkp
 damaged in place is caught by its checksums, and a full disk is one line that leaves
 the last checkpoint resumable. Runs offline; every subprocess has a time limit."""
 
+import errno
 import os
 import shutil
 import signal
@@ -185,3 +186,83 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
     assert "Try a lower --lr (now 1e+30)" in line and "--grad_clip 1.0" in line
     assert checkpoint.read_config(out)["step"] == 2 and weights.read_bytes() == good
     assert not (out / "checkpoint.tmp").exists()
+
+
+class FullDisk:
+    """A file whose writes fail as on a full disk once `room` bytes are written."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def assert_full_disk_kept_the_checkpoint(out, stderr: str, step: int = 2):
+    line = one_error_line(stderr)
+    assert line.startswith(f"error: cannot write {out}"), line
+    assert "No space left on device (errno 28): free space, or choose another " in line
+    assert checkpoint.read_config(out)["step"] == step
+    checkpoint.check_resumable(out)
+    assert not (out / "checkpoint.tmp").exists()
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(
+    two_steps, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    capsys.readouterr()
+    # the training state's file (which torch.save says it cannot write as a
+    # RuntimeError of its own) fills the disk
+    with monkeypatch.context() as m, pytest.raises(SystemExit) as exit_info:
+        m.setattr(
+            checkpoint,
+            "open",
+            lambda *args: FullDisk(open(*args), room=1000),
+            raising=False,
+        )
+        main(["--out_dir", str(out), "--resume", "--stop_at", "3"])
+    assert exit_info.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot write {out / 'checkpoint.tmp'}: ")
+    assert_full_disk_kept_the_checkpoint(out, line)
+    main(["--out_dir", str(out), "--resume", "--stop_at", "3"])
+    assert checkpoint.read_config(out)["step"] == 3
+
+
+def test_on_a_real_full_disk_too(two_steps, tmp_path, capsys):
+    """A file system with room for one checkpoint, not for the next beside it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = sum(f.stat().st_size for f in two_steps.rglob("*") if f.is_file())
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2}", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS,
+    )
+    if mount.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        out = disk / "run"
+        shutil.copytree(two_steps, out)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out_dir", str(out), "--resume", "--stop_at", "3"])
+        assert exit_info.value.code == 2
+        assert_full_disk_kept_the_checkpoint(out, capsys.readouterr().err)
+    finally:
+        subprocess.run(["umount", str(disk)], timeout=SECONDS, check=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -33,7 +34,7 @@ import safetensors.torch
 import torch
 
 from ..errors import InputError, MissingInputError
-from ..files import file_sha256
+from ..files import cannot_write, file_sha256
 from ..model.config import ModelConfig
 from ..model.decoder import QwenLM
 
@@ -63,30 +64,12 @@ def save_checkpoint(
     out_dir = Path(out_dir)
     final, tmp, old = (out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", TMP, OLD))
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # drops the duplicate of a tied weight
-    safetensors.torch.save_model(model, str(tmp / WEIGHTS))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp / TOKENIZER)
-    if optimizer is not None:
-        # The data order is a function of (seed, step), so `step` is also the position
-        # in the data; nothing else draws random numbers after initialisation, so no
-        # random-number state is needed.
-        state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
-        torch.save({"step": step, "optimizer": state}, tmp / TRAIN_STATE)
-    config = {
-        "model": model.config.to_dict(),
-        "train": train_config,
-        "step": step,
-        "tokenizer": None if tokenizer is None else tokenizer.name_or_path,
-        # a file damaged in place keeps its size and often its structure
-        "sha256": {
-            name: file_sha256(tmp / name)
-            for name in (WEIGHTS, TRAIN_STATE)
-            if (tmp / name).exists()
-        },
-    }
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+    try:
+        tmp.mkdir(parents=True)
+        _write_checkpoint(tmp, model, step, train_config, tokenizer, optimizer)
+    except OSError as e:  # a full disk, a folder not writable: the last one is kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cannot_write(tmp, e) from None
     # readable by others, like the rest of the run (safetensors writes 0600)
     for file in (
         tmp,
@@ -100,6 +83,78 @@ def save_checkpoint(
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_checkpoint(
+    tmp: Path, model: QwenLM, step: int, train_config, tokenizer, optimizer
+) -> None:
+    """The files of a checkpoint, into the folder `tmp` (see save_checkpoint)."""
+    _save_model(model, tmp / WEIGHTS)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / TOKENIZER)
+    if optimizer is not None:
+        # The data order is a function of (seed, step), so `step` is also the position
+        # in the data; nothing else draws random numbers after initialisation, so no
+        # random-number state is needed.
+        state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        _torch_save({"step": step, "optimizer": state}, tmp / TRAIN_STATE)
+    config = {
+        "model": model.config.to_dict(),
+        "train": train_config,
+        "step": step,
+        "tokenizer": None if tokenizer is None else tokenizer.name_or_path,
+        # a file damaged in place keeps its size and often its structure
+        "sha256": {
+            name: file_sha256(tmp / name)
+            for name in (WEIGHTS, TRAIN_STATE)
+            if (tmp / name).exists()
+        },
+    }
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+
+
+class _KeepsWriteError:
+    """A file for a library that reports a failed write as an error of its own
+    (torch.save: "unexpected pos 704 vs 598"): `error` keeps the OSError behind it."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _torch_save(obj, path: Path) -> None:
+    """torch.save, with an OSError (not torch's RuntimeError) when the file cannot be
+    written."""
+    with open(path, "wb") as f:
+        writer = _KeepsWriteError(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+
+def _save_model(model: QwenLM, path: Path) -> None:
+    """safetensors' save_model (which drops the duplicate of a tied weight), with an
+    OSError when the file cannot be written: safetensors reports the system's error in
+    its message, as Rust writes it ("... (os error 28)")."""
+    try:
+        safetensors.torch.save_model(model, str(path))
+    except safetensors.SafetensorError as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def find_checkpoint(path: str | Path) -> Path:

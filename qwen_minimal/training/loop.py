@@ -658,7 +658,10 @@ def save(run: Run, step: int) -> None:
         tokenizer=run.corpus.tokenizer,
         optimizer=optimizer_state,
     )
-    plots.save_plots(run.metrics.records, run.out_dir / "analytics")
+    try:
+        plots.save_plots(run.metrics.records, run.out_dir / "analytics")
+    except OSError as e:
+        raise cannot_write(run.out_dir / "analytics", e) from None
 
 
 # what each stop signal is called in the line that says the run is stopping

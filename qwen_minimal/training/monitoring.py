@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..files import write_text_atomic
+from ..files import cannot_write, write_text_atomic
 from .distributed import grad_norm
 
 # -----------------------------------------------------------------------------
@@ -103,21 +103,27 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, keep_before: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         old = (
             read_metrics(self.path)
             if keep_before is not None and self.path.exists()
             else []
         )
         self.records = [r for r in old if r["step"] < (keep_before or 0)]
-        write_text_atomic(
-            self.path, "".join(json.dumps(r) + "\n" for r in self.records)
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(
+                self.path, "".join(json.dumps(r) + "\n" for r in self.records)
+            )
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
 
     def log(self, record: dict) -> None:
         self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a line cut short is dropped on resume (read_metrics)
+            raise cannot_write(self.path, e) from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
