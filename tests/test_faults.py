@@ -16,7 +16,7 @@ import pytest
 
 from qwen_minimal.cli.train import main
 from qwen_minimal.errors import InputError
-from qwen_minimal.training import TrainConfig, checkpoint, loop
+from qwen_minimal.training import TrainConfig, checkpoint, loop, monitoring
 
 pytestmark = pytest.mark.usefixtures("offline_data")
 
@@ -266,3 +266,22 @@ def test_on_a_real_full_disk_too(two_steps, tmp_path, capsys):
         assert_full_disk_kept_the_checkpoint(out, capsys.readouterr().err)
     finally:
         subprocess.run(["umount", str(disk)], timeout=SECONDS, check=True)
+
+
+def test_a_metrics_line_cut_short_is_dropped_on_resume(two_steps, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    metrics = out / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"kind": "train", "step": 2, "lo')  # a crash in the middle of a line
+    capsys.readouterr()
+    main(["--out_dir", str(out), "--resume", "--stop_at", "3"])
+    err = capsys.readouterr().err
+    assert f"warning: dropped the last line of {metrics}, which was cut short" in err
+    assert "Traceback" not in err
+    assert checkpoint.read_config(out)["step"] == 3
+    # the file was rewritten whole, so a line cut short elsewhere is damage
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(InputError, match=f"{metrics} line 2 is not a JSON record"):
+        monitoring.read_metrics(metrics)

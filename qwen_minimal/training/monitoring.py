@@ -18,12 +18,14 @@ records of the same step describe the same weights.
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..files import cannot_write, write_text_atomic
 from .distributed import grad_norm
 
@@ -127,9 +129,29 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics file (a run's <out_dir>/metrics.jsonl), in order."""
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics file (a run's <out_dir>/metrics.jsonl), in order. A last
+    line cut short (by a crash or a full disk while it was written) is dropped with a
+    warning; any other line that is not a record is an InputError."""
+    lines = [
+        (number, line)
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1)
+        if line.strip()
+    ]
+    records = []
+    for number, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != lines[-1][0]:
+                raise InputError(
+                    f"{path} line {number} is not a JSON record: delete that line, or "
+                    "the file to start its metrics afresh"
+                ) from None
+            print(
+                f"warning: dropped the last line of {path}, which was cut short",
+                file=sys.stderr,
+            )
+    return records
 
 
 def of_kind(records: list[dict], kind: str) -> list[dict]:
