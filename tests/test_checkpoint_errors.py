@@ -85,6 +85,14 @@ def write_garbage(file):
     file.write_bytes(b"\x80\x04 not what torch.save writes \xff" * 64)
 
 
+def flip_middle_bytes(file):
+    """Damage that keeps the size and the structure: only the checksums can tell."""
+    data = bytearray(file.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    file.write_bytes(bytes(data))
+
+
 def impossible_model(file):
     config = json.loads(file.read_text())
     config["model"]["hidden_size"] = 0
@@ -101,6 +109,16 @@ DAMAGES = {  # id: (file, how it is damaged, what the message says the problem i
         checkpoint.TRAIN_STATE,
         write_garbage,
         "not the zip archive that torch.save writes",
+    ),
+    "flipped weight bytes": (
+        checkpoint.WEIGHTS,
+        flip_middle_bytes,
+        "its SHA-256 is not the one config.json recorded",
+    ),
+    "flipped train state bytes": (
+        checkpoint.TRAIN_STATE,
+        flip_middle_bytes,
+        "its SHA-256 is not the one config.json recorded",
     ),
     "truncated config": (checkpoint.CONFIG, cut_in_half, "not valid JSON"),
     "impossible model settings": (
@@ -218,6 +236,19 @@ def test_the_undamaged_checkpoint_resumes(good_run, tmp_path):
     checkpoint.check_resumable(run)
     train_cli.main(TOOLS["train --resume"](run)[2:])
     assert checkpoint.read_config(run)["step"] == 2
+
+
+def test_a_checkpoint_saved_without_checksums_still_loads(good_run, tmp_path, capsys):
+    """Checkpoints from before the checksums: nothing to check them against."""
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    config_file = run / checkpoint.CHECKPOINT_DIR / checkpoint.CONFIG
+    config = json.loads(config_file.read_text())
+    assert set(config.pop("sha256")) == {checkpoint.WEIGHTS, checkpoint.TRAIN_STATE}
+    config_file.write_text(json.dumps(config))
+    checkpoint.check_resumable(run)
+    generate.main(TOOLS["generate"](run)[2:])
+    assert "(step 1)" in capsys.readouterr().err
 
 
 def test_every_file_of_a_checkpoint_is_readable_by_others(tmp_path, tokenizer_folder):

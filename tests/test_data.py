@@ -6,6 +6,7 @@ them, else a WikiText-format corpus and a byte-level BPE made from Python's help
 """
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,19 @@ def test_edited_file_is_tokenized_again(tmp_path, tok):
         second.validation, tok(" Hello world \n")["input_ids"]
     )
     np.testing.assert_array_equal(second.train, first.train)
+
+
+def test_a_damaged_token_cache_is_tokenized_again_saying_so(tmp_path, tok, capsys):
+    (tmp_path / "train.txt").write_text(" Hello world \n = Heading = \n")
+    (tmp_path / "valid.txt").write_text(" The quick brown fox \n")
+    first = load_corpus(tmp_path, tok, cache_dir=tmp_path / "cache")
+    ids = np.array(first.validation)
+    file = Path(first.validation.filename)
+    del first
+    file.write_bytes(file.read_bytes()[:-1])  # a copy cut short
+    again = load_corpus(tmp_path, tok, cache_dir=tmp_path / "cache")
+    assert f"The token cache {file} is damaged" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.validation, ids)
 
 
 def test_plain_text_files_hold_out_their_last_lines(tmp_path, tok):

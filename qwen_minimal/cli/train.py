@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "continue a run\n"
         "  torchrun --nproc_per_node 8 -m qwen_minimal train --preset wikitext103  # "
         "8 GPUs\n"
-        "Ctrl-C saves a checkpoint before it stops; --resume continues on the same "
-        "loss curve.",
+        "Ctrl-C or SIGTERM saves a checkpoint before it stops; --resume continues on "
+        "the same loss curve.",
     )
     parser.add_argument(
         "--preset",
@@ -112,4 +112,5 @@ def main(argv: list[str] | None = None) -> None:
     result = train(config, resume=args.resume, stop_at=args.stop_at)
     distributed.finish()
     if result.interrupted:
-        sys.exit(130)  # the shell's code for "stopped by Ctrl-C"
+        # the shell's code for "stopped by that signal": 130 Ctrl-C, 143 SIGTERM
+        sys.exit(128 + result.stop_signal)

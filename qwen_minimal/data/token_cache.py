@@ -74,6 +74,15 @@ def cached_tokens(split: TextSplit, tokenizer, path: Path) -> np.memmap:
     """The ids of `split` as a read-only memmap of `path`; tokenized and written there
     if it does not exist."""
     dtype = id_dtype(tokenizer)
+    # written atomically, so only damage from outside (a copy cut short) makes this
+    size = path.stat().st_size if path.exists() else None
+    if size is not None and (size == 0 or size % np.dtype(dtype).itemsize):
+        print(
+            f"The token cache {path} is damaged ({size:,} bytes, not a "
+            f"whole number of {np.dtype(dtype)} ids): tokenizing again.",
+            file=sys.stderr,
+        )
+        path.unlink()
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = split.lines()

@@ -7,14 +7,16 @@ Layout, inside a run's output folder:
     <out_dir>/checkpoint/
         model.safetensors   fp32 weights (a tied embedding is stored once)
         config.json         {"model": ModelConfig, "train": TrainConfig, "step",
-                             "tokenizer"}
+                             "tokenizer", "sha256": {file name: SHA-256}}
         tokenizer/          the tokenizer, as tokenizer.save_pretrained() writes it
         train_state.pt      optimizer state and step (absent in weights-only saves)
 
 A save writes a complete new folder beside the old one and then swaps the two by
 renaming, so an interrupted save never leaves a checkpoint that is half old and half
-new. A file that is damaged all the same (a full disk, a copy cut short) is reported as
-an InputError that names it and says what to do.
+new. A file that is damaged all the same (a full disk, a copy cut short, bytes changed
+in place, which the SHA-256 of the weights and of the training state in config.json
+catch) is reported as an InputError that names it and says what to do. Checkpoints
+saved before the checksums were recorded load unchecked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -31,6 +34,7 @@ import safetensors.torch
 import torch
 
 from ..errors import InputError, MissingInputError
+from ..files import cannot_write, file_sha256
 from ..model.config import ModelConfig
 from ..model.decoder import QwenLM
 
@@ -41,6 +45,8 @@ WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE = (
     "tokenizer",
     "train_state.pt",
 )
+# a save writes CHECKPOINT_DIR + TMP, then swaps it in, keeping the last one as + OLD
+TMP, OLD = ".tmp", ".old"
 
 
 def save_checkpoint(
@@ -56,28 +62,14 @@ def save_checkpoint(
     processes), the training state (optimizer moments and step) is saved too, so that
     training can resume exactly."""
     out_dir = Path(out_dir)
-    final, tmp, old = (
-        out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", ".tmp", ".old")
-    )
+    final, tmp, old = (out_dir / (CHECKPOINT_DIR + suffix) for suffix in ("", TMP, OLD))
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # drops the duplicate of a tied weight
-    safetensors.torch.save_model(model, str(tmp / WEIGHTS))
-    config = {
-        "model": model.config.to_dict(),
-        "train": train_config,
-        "step": step,
-        "tokenizer": None if tokenizer is None else tokenizer.name_or_path,
-    }
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp / TOKENIZER)
-    if optimizer is not None:
-        # The data order is a function of (seed, step), so `step` is also the position
-        # in the data; nothing else draws random numbers after initialisation, so no
-        # random-number state is needed.
-        state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
-        torch.save({"step": step, "optimizer": state}, tmp / TRAIN_STATE)
+    try:
+        tmp.mkdir(parents=True)
+        _write_checkpoint(tmp, model, step, train_config, tokenizer, optimizer)
+    except OSError as e:  # a full disk, a folder not writable: the last one is kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cannot_write(tmp, e) from None
     # readable by others, like the rest of the run (safetensors writes 0600)
     for file in (
         tmp,
@@ -85,10 +77,84 @@ def save_checkpoint(
     ):
         os.chmod(file, 0o755 if file.is_dir() else 0o644)
     if final.exists():
+        # an old one left by a save that died after its swap: final is the newer
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_checkpoint(
+    tmp: Path, model: QwenLM, step: int, train_config, tokenizer, optimizer
+) -> None:
+    """The files of a checkpoint, into the folder `tmp` (see save_checkpoint)."""
+    _save_model(model, tmp / WEIGHTS)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / TOKENIZER)
+    if optimizer is not None:
+        # The data order is a function of (seed, step), so `step` is also the position
+        # in the data; nothing else draws random numbers after initialisation, so no
+        # random-number state is needed.
+        state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        _torch_save({"step": step, "optimizer": state}, tmp / TRAIN_STATE)
+    config = {
+        "model": model.config.to_dict(),
+        "train": train_config,
+        "step": step,
+        "tokenizer": None if tokenizer is None else tokenizer.name_or_path,
+        # a file damaged in place keeps its size and often its structure
+        "sha256": {
+            name: file_sha256(tmp / name)
+            for name in (WEIGHTS, TRAIN_STATE)
+            if (tmp / name).exists()
+        },
+    }
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+
+
+class _KeepsWriteError:
+    """A file for a library that reports a failed write as an error of its own
+    (torch.save: "unexpected pos 704 vs 598"): `error` keeps the OSError behind it."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _torch_save(obj, path: Path) -> None:
+    """torch.save, with an OSError (not torch's RuntimeError) when the file cannot be
+    written."""
+    with open(path, "wb") as f:
+        writer = _KeepsWriteError(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+
+def _save_model(model: QwenLM, path: Path) -> None:
+    """safetensors' save_model (which drops the duplicate of a tied weight), with an
+    OSError when the file cannot be written: safetensors reports the system's error in
+    its message, as Rust writes it ("... (os error 28)")."""
+    try:
+        safetensors.torch.save_model(model, str(path))
+    except safetensors.SafetensorError as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -97,7 +163,7 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path).expanduser()
     # ".old" is there only if a save died between its two renames: it is then the newest
     # complete one.
-    for folder in (path, path / CHECKPOINT_DIR, path / (CHECKPOINT_DIR + ".old")):
+    for folder in (path, path / CHECKPOINT_DIR, path / (CHECKPOINT_DIR + OLD)):
         if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
             return folder
     raise MissingInputError(
@@ -140,11 +206,12 @@ def read_config(path: str | Path) -> dict:
         and isinstance(config.get("step"), int)
         and "train" in config
         and isinstance(config["train"], (dict, type(None)))
+        and isinstance(config.get("sha256", {}), dict)
     ):
         raise _damaged(
             file,
-            'it needs "model" settings, a whole-number "step", and "train" settings '
-            "or null",
+            'it needs "model" settings, a whole-number "step", "train" settings '
+            'or null, and "sha256" checksums if any',
         )
     try:
         ModelConfig.from_dict(config["model"])
@@ -160,14 +227,27 @@ def model_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(read_config(path)["model"])
 
 
+def _checksum_differs(file: Path) -> str | None:
+    """What is wrong with `file` if its SHA-256 is not the one its checkpoint's
+    config.json recorded, else None (also for a checkpoint saved without checksums)."""
+    expected = read_config(file.parent).get("sha256", {}).get(file.name)
+    if expected is None or file_sha256(file) == expected:
+        return None
+    return f"its SHA-256 is not the one {CONFIG} recorded when it was saved"
+
+
 def _check_weights_file(file: Path) -> None:
-    """InputError unless the safetensors header of `file` reads and the file is as long
-    as the header says (safe_open checks both without reading the tensors)."""
+    """InputError unless the safetensors header of `file` reads, the file is as long as
+    the header says (safe_open checks both without reading the tensors) and its bytes
+    are the ones saved."""
     try:
         with safetensors.safe_open(str(file), framework="pt"):
             pass
     except safetensors.SafetensorError as e:
         raise _damaged(file, f"not a readable safetensors file: {e}") from None
+    problem = _checksum_differs(file)
+    if problem:
+        raise _damaged(file, problem)
 
 
 def load_weights(model: QwenLM, path: str | Path) -> None:
@@ -239,6 +319,9 @@ def _read_train_state(folder: Path, mmap: bool = False) -> dict:
     # a cut-short archive has lost its table of contents, which comes last
     if not zipfile.is_zipfile(file):
         raise _train_state_damaged(folder, "not the zip archive that torch.save writes")
+    problem = _checksum_differs(file)
+    if problem:
+        raise _train_state_damaged(folder, problem)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:

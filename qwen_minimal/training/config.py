@@ -4,6 +4,7 @@ ModelConfig) and the named presets, with checks that say what to fix."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,30 @@ class TrainConfig:
             raise InputError(
                 f"block_size={self.block_size} exceeds the model's max_seq_len="
                 f"{self.model.max_seq_len}: lower block_size or raise model.max_seq_len"
+            )
+        # a nan passes every comparison below, and an inf lr passes them too
+        for name in (
+            "lr",
+            "min_lr",
+            "warmup_frac",
+            "beta1",
+            "beta2",
+            "weight_decay",
+            "grad_clip",
+        ):
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(
+                    f"{name}={getattr(self, name)} must be a finite number"
+                )
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise InputError(
+                f"need 0 <= beta1, beta2 < 1, got beta1={self.beta1}, "
+                f"beta2={self.beta2}"
+            )
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise InputError(
+                f"weight_decay={self.weight_decay} and grad_clip={self.grad_clip} "
+                "cannot be negative (grad_clip=0 disables clipping)"
             )
         if not 0 <= self.warmup_frac < 1:
             raise InputError(f"warmup_frac={self.warmup_frac} must be in [0, 1)")

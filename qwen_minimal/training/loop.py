@@ -19,7 +19,9 @@ expert_parallel=True.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
+import os
 import signal
 import sys
 import threading
@@ -35,6 +37,7 @@ from tqdm import tqdm
 from ..data import Corpus, load_corpus, random_blocks, sequential_blocks
 from ..devices import describe, peak_flops
 from ..errors import InputError
+from ..files import cannot_write
 from ..model import balancing
 from ..model.decoder import QwenLM
 from . import checkpoint, distributed, monitoring, plots
@@ -49,8 +52,10 @@ class TrainResult:
     history: list[dict]  # every record of out_dir/metrics.jsonl (see monitoring.py)
     out_dir: Path
     step: int  # optimizer steps done
-    interrupted: bool  # stopped by Ctrl-C (a checkpoint was saved)
+    interrupted: bool  # stopped by Ctrl-C or SIGTERM (a checkpoint was saved)
     tokenizer: object = None
+    # the signal that stopped it (another process's: SIGINT), None if not interrupted
+    stop_signal: int | None = None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -62,71 +67,80 @@ def train(
     """Train as `config` says and return the model, the metrics and the output folder.
 
     resume: continue the run whose checkpoint is in config.out_dir, on the same loss
-    curve as if it had
-      never stopped (same batches, schedule and optimizer state); the model settings
-      must be the saved ones.
-      Without it, an out_dir that already holds a checkpoint is an error, so that a
-      finished run is never
-      overwritten by accident. stop_at: end this session after that many steps in total
-    (checkpointed, resumable) without changing
-      the schedule, which still spans max_steps; e.g. to fit a run into time-limited
-      sessions.
+    curve as if it had never stopped (same batches, schedule and optimizer state); the
+    model settings must be the saved ones. Without it, an out_dir that already holds a
+    checkpoint is an error, so that a finished run is never overwritten by accident.
+    stop_at: end this session after that many steps in total (checkpointed, resumable)
+    without changing the schedule, which still spans max_steps; e.g. to fit a run into
+    time-limited sessions. One training at a time writes into an out_dir
+    (own_run_folder).
     """
-    run = start_run(config, resume)
-    config, step = run.config, run.start
-    end = max(
-        step, min(config.max_steps, config.max_steps if stop_at is None else stop_at)
-    )
-    print_banner(run, end)
-    meter = Meter(config.batch_size * config.block_size)
-    with stop_on_ctrl_c() as ctrl_c:
-        for step in range(run.start, end):
-            # every process stops at the same step
-            if distributed.any_rank(ctrl_c["stop"], run.device):
-                break
-            if step % config.eval_interval == 0:
-                with meter.paused():
-                    log_eval(run, step)
-            if step > run.start and step % config.checkpoint_interval == 0:
-                with meter.paused():
-                    save(run, step)
-            lr = one_cycle_lr(
-                step, config.max_steps, config.lr, config.min_lr, config.warmup_frac
-            )
-            set_lr(run.optimizer, lr)
-            monitor_now = step % config.monitor_interval == 0
-            stats = train_step(
-                run, batch_at(step, run.corpus.train, config, run.device), monitor_now
-            )
-            meter.add(stats)
-            if monitor_now:
-                run.log(monitor_record(step, stats))
-            if (step + 1) % config.log_interval == 0 or step + 1 == end:
-                log_train(run, meter.record(step, lr, run))
-        else:
-            step = end
-        interrupted = distributed.any_rank(ctrl_c["stop"], run.device)
-    if step == config.max_steps:
-        log_eval(run, step)
-    save(run, step)
-    run.bar.close()
-    if distributed.is_main():
-        if interrupted:
-            print(
-                f"Interrupted at step {step}: checkpoint saved. Continue with\n"
-                f"  python -m qwen_minimal train --out_dir {run.out_dir} --resume",
-                file=sys.stderr,
-            )
-        print(f"Saved checkpoint, metrics.jsonl and analytics/ in\n  {run.out_dir}")
-    return TrainResult(
-        run.model,
-        config,
-        run.metrics.records if run.metrics else [],
-        run.out_dir,
-        step,
-        interrupted,
-        run.corpus.tokenizer,
-    )
+    with own_run_folder(Path(config.out_dir)):
+        run = start_run(config, resume)
+        config, step = run.config, run.start
+        end = max(
+            step,
+            min(config.max_steps, config.max_steps if stop_at is None else stop_at),
+        )
+        print_banner(run, end)
+        meter = Meter(config.batch_size * config.block_size)
+        with stop_on_signals() as stop:
+            for step in range(run.start, end):
+                # every process stops at the same step
+                if distributed.any_rank(stop["stop"] is not None, run.device):
+                    break
+                if step % config.eval_interval == 0:
+                    with meter.paused():
+                        log_eval(run, step)
+                if step > run.start and step % config.checkpoint_interval == 0:
+                    with meter.paused():
+                        stop_if_diverged(run, step - 1, meter.finite())
+                        save(run, step)
+                lr = one_cycle_lr(
+                    step, config.max_steps, config.lr, config.min_lr, config.warmup_frac
+                )
+                set_lr(run.optimizer, lr)
+                monitor_now = step % config.monitor_interval == 0
+                stats = train_step(
+                    run,
+                    batch_at(step, run.corpus.train, config, run.device),
+                    monitor_now,
+                )
+                meter.add(stats)
+                if monitor_now:
+                    run.log(monitor_record(step, stats))
+                if (step + 1) % config.log_interval == 0 or step + 1 == end:
+                    record = meter.record(step, lr, run)
+                    log_train(run, record)
+                    stop_if_diverged(
+                        run, step, math.isfinite(record["loss"] + record["grad_norm"])
+                    )
+            else:
+                step = end
+            interrupted = distributed.any_rank(stop["stop"] is not None, run.device)
+        stop_if_diverged(run, step - 1, meter.finite())
+        if step == config.max_steps:
+            log_eval(run, step)
+        save(run, step)
+        run.bar.close()
+        if distributed.is_main():
+            if interrupted:
+                print(
+                    f"Interrupted at step {step}: checkpoint saved. Continue with\n"
+                    f"  python -m qwen_minimal train --out_dir {run.out_dir} --resume",
+                    file=sys.stderr,
+                )
+            print(f"Saved checkpoint, metrics.jsonl and analytics/ in\n  {run.out_dir}")
+        return TrainResult(
+            run.model,
+            config,
+            run.metrics.records if run.metrics else [],
+            run.out_dir,
+            step,
+            interrupted,
+            run.corpus.tokenizer,
+            (stop["stop"] or signal.SIGINT) if interrupted else None,
+        )
 
 
 # --------------------------------------------------------------------- setting up a run
@@ -166,11 +180,51 @@ class Run:
                 self.bar.write(line)
 
 
+LOCK_FILE = ".train.lock"
+
+
+@contextmanager
+def own_run_folder(out_dir: Path):
+    """Hold out_dir for this training, so that a second one into the same folder stops
+    with one line instead of the two overwriting each other's checkpoint. The lock is
+    an flock on an open file: the system releases it when the process ends, however it
+    ends, so a crash never leaves the folder locked. Under torchrun rank 0 holds it for
+    all (before the processes join, RANK is the only way to tell which is rank 0)."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    path = out_dir / LOCK_FILE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = path.open("a+")
+    except OSError as e:
+        raise cannot_write(path, e) from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise InputError(
+                f"{out_dir} is in use by another training (pid {holder}), which "
+                "writes its checkpoint there: wait for it to finish or choose another "
+                "--out_dir"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
 def start_run(config: TrainConfig, resume: bool) -> Run:
     """Data, model and optimizer for `config`; with resume, restored from the checkpoint
     in out_dir."""
     out_dir = Path(config.out_dir)
-    if not resume and (out_dir / checkpoint.CHECKPOINT_DIR).exists():
+    # checkpoint.old is a complete checkpoint if a save died between its two renames
+    if not resume and any(
+        (out_dir / (checkpoint.CHECKPOINT_DIR + suffix)).exists()
+        for suffix in ("", checkpoint.OLD)
+    ):
         raise InputError(
             f"{out_dir} already holds a checkpoint: pass --resume (resume=True) to "
             "continue that "
@@ -414,6 +468,12 @@ class Meter:
         if stats.aux_loss is not None:
             self.aux = (0.0 if self.aux is None else self.aux) + stats.aux_loss
 
+    def finite(self) -> bool:
+        """Whether the losses and gradient norms since the last log line are all finite
+        (a nan or inf in any of them makes their sum so); syncs with the device."""
+        sums = [self.lm, self.norm] + ([] if self.aux is None else [self.aux])
+        return math.isfinite(sum(float(v) for v in sums))
+
     @contextmanager
     def paused(self):
         started = time.perf_counter()
@@ -552,6 +612,36 @@ def log_train(run: Run, r: dict) -> None:
     run.bar.set_postfix(loss=f"{r['lm_loss']:.3f}", lr=f"{r['lr']:.1e}")
 
 
+def stop_if_diverged(run: Run, step: int, finite: bool) -> None:
+    """InputError if the loss or the gradient norm has become nan or inf on any process
+    by `step` (as the log lines number steps; `finite` is this process's verdict),
+    before anything is saved: the last good
+    checkpoint is kept. To add no device sync of its own, the loop checks at every log
+    line (where the Meter syncs anyway) and before every save; so a divergence is
+    noticed up to log_interval steps late, but NaN weights are never saved."""
+    if not distributed.any_rank(not finite, run.device):
+        return
+    c = run.config
+    try:
+        saved = checkpoint.read_config(run.out_dir)["step"]
+        kept = (
+            f"the last good checkpoint (step {saved}) is kept in {run.out_dir}, to "
+            "continue from with --resume"
+        )
+    except InputError:
+        kept = "no checkpoint was saved"
+    raise InputError(
+        f"training diverged: the loss or gradient norm is nan or inf by step {step}; "
+        f"{kept}. Try a lower --lr (now {c.lr:g})"
+        + ("" if c.dtype == "float32" else ", --dtype float32")
+        + (
+            f" or a lower --grad_clip (now {c.grad_clip:g})"
+            if c.grad_clip
+            else " or gradient clipping (--grad_clip 1.0)"
+        )
+    )
+
+
 def save(run: Run, step: int) -> None:
     """The checkpoint, as one process would save it whatever the number of processes
     (gathered on rank 0, which writes it), and the plots."""
@@ -568,16 +658,24 @@ def save(run: Run, step: int) -> None:
         tokenizer=run.corpus.tokenizer,
         optimizer=optimizer_state,
     )
-    plots.save_plots(run.metrics.records, run.out_dir / "analytics")
+    try:
+        plots.save_plots(run.metrics.records, run.out_dir / "analytics")
+    except OSError as e:
+        raise cannot_write(run.out_dir / "analytics", e) from None
+
+
+# what each stop signal is called in the line that says the run is stopping
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 @contextmanager
-def stop_on_ctrl_c():
-    """The first Ctrl-C (SIGINT) only sets flag["stop"]: the loop then finishes its
-    step, saves a checkpoint and stops. Stopping between two steps keeps weights,
+def stop_on_signals():
+    """The first Ctrl-C (SIGINT) or SIGTERM (what `kill`, a job scheduler or a container
+    stop sends) only sets flag["stop"] to the signal's number: the loop then finishes
+    its step, saves a checkpoint and stops. Stopping between two steps keeps weights,
     optimizer and step consistent, which an exception in the middle of optimizer.step()
-    would not. A second Ctrl-C stops at once."""
-    flag = {"stop": False}
+    would not. A second signal stops at once."""
+    flag = {"stop": None}
     # signals reach the main thread only
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -585,18 +683,21 @@ def stop_on_ctrl_c():
 
     def handler(signum, frame):
         if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        flag["stop"] = signum
         if distributed.is_main():  # (torchrun passes the signal on to every process)
             print(
-                "\nCtrl-C: stopping after this step and saving a checkpoint (press "
-                "again to abort at once)",
+                f"\n{STOP_SIGNALS[signum]}: stopping after this step and saving a "
+                "checkpoint (send it again to abort at once)",
                 file=sys.stderr,
                 flush=True,
             )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)

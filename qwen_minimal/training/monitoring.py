@@ -18,13 +18,15 @@ records of the same step describe the same weights.
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..files import write_text_atomic
+from ..errors import InputError
+from ..files import cannot_write, write_text_atomic
 from .distributed import grad_norm
 
 # -----------------------------------------------------------------------------
@@ -103,27 +105,53 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, keep_before: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         old = (
             read_metrics(self.path)
             if keep_before is not None and self.path.exists()
             else []
         )
         self.records = [r for r in old if r["step"] < (keep_before or 0)]
-        write_text_atomic(
-            self.path, "".join(json.dumps(r) + "\n" for r in self.records)
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(
+                self.path, "".join(json.dumps(r) + "\n" for r in self.records)
+            )
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
 
     def log(self, record: dict) -> None:
         self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a line cut short is dropped on resume (read_metrics)
+            raise cannot_write(self.path, e) from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics file (a run's <out_dir>/metrics.jsonl), in order."""
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics file (a run's <out_dir>/metrics.jsonl), in order. A last
+    line cut short (by a crash or a full disk while it was written) is dropped with a
+    warning; any other line that is not a record is an InputError."""
+    lines = [
+        (number, line)
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1)
+        if line.strip()
+    ]
+    records = []
+    for number, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != lines[-1][0]:
+                raise InputError(
+                    f"{path} line {number} is not a JSON record: delete that line, or "
+                    "the file to start its metrics afresh"
+                ) from None
+            print(
+                f"warning: dropped the last line of {path}, which was cut short",
+                file=sys.stderr,
+            )
+    return records
 
 
 def of_kind(records: list[dict], kind: str) -> list[dict]:

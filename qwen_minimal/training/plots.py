@@ -12,6 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import torch
 
+from ..files import write_atomic
 from .monitoring import of_kind
 
 # Two panels one above the other, 7 inches wide: a book's text column or a laptop screen
@@ -232,13 +233,16 @@ PLOTS = {
 
 
 def save_plots(records: list[dict], folder: str | Path) -> list[Path]:
-    """Write every plot of PLOTS as <folder>/<name>.png and return the paths."""
+    """Write every plot of PLOTS as <folder>/<name>.png and return the paths (an OSError
+    if one cannot be written)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, plot in PLOTS.items():
         fig = plot(records)
         paths.append(folder / f"{name}.png")
-        fig.savefig(paths[-1], dpi=150)
-        plt.close(fig)
+        try:  # (a full disk must not leave half a picture)
+            write_atomic(paths[-1], lambda f: fig.savefig(f, dpi=150, format="png"))
+        finally:
+            plt.close(fig)
     return paths
