@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 
-from qwen_minimal.book.widgets import image_slider_explorer
+from qwen_minimal.book.widgets import image_slider_explorer, two_slider_explorer
 
 calls = []
 
@@ -104,3 +104,31 @@ def test_bad_arguments_say_what_is_wrong(kwargs, message):
 def test_render_must_return_a_figure():
     with pytest.raises(ValueError, match="must return a matplotlib Figure"):
         image_slider_explorer(lambda e, k: None, experts=[2], experts_per_token=[1])
+
+
+def test_two_named_sliders_show_the_value_and_pass_the_argument():
+    seen = []
+
+    def draw(context, fraction):
+        seen.append((context, fraction))
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.set_title(f"{context} {fraction}")
+        return fig
+
+    box = two_slider_explorer(
+        draw,
+        {"4k": 4096, "256k": 262_144},
+        [0.25, 1.0],
+        labels=("context length", "full-attention layers"),
+        initial=("256k", 0.25),
+    )
+    x_slider, y_slider, grid = box.children
+    assert sorted(seen) == [(4096, 0.25), (4096, 1.0), (262_144, 0.25), (262_144, 1.0)]
+    assert (x_slider.description, y_slider.description) == (
+        "context length",
+        "full-attention layers",
+    )
+    assert x_slider.options == ("4k", "256k") and x_slider.value == "256k"
+    assert grid.selected_index == 1 and grid.children[1].selected_index == 0
+    with pytest.raises(ValueError, match="initial"):
+        two_slider_explorer(draw, [1], [2], labels=("a", "b"), initial=(3, 2))

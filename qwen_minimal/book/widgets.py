@@ -12,7 +12,7 @@ swaps the image instead.
 
 import io
 import struct
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -116,40 +116,85 @@ def image_slider_explorer(
                     _placeholder(note, figsize), 2 * dpi
                 )
 
+    return _slider_pair(
+        pngs,
+        experts,
+        experts_per_token,
+        ("number of experts", "experts per token (k)"),
+        initial,
+    )
+
+
+def two_slider_explorer(
+    render: Callable[[object, object], Figure],
+    xs: Mapping | Sequence,
+    ys: Mapping | Sequence,
+    *,
+    labels: tuple[str, str],
+    initial: tuple | None = None,
+    dpi: int = 80,
+) -> widgets.VBox:
+    """Two sliders, labelled `labels`, choosing among figures `render(x, y)`.
+
+    xs and ys are the sliders' positions: a sequence of values, or a mapping from what
+    the slider shows to the value `render` gets (e.g. {"256k": 262_144}). `initial` is
+    the pair of positions shown first (default: the middle of each). Every figure is
+    drawn now, as in image_slider_explorer, so keep the grid small."""
+    xs, ys = (
+        dict(v) if isinstance(v, Mapping) else {x: x for x in v} for v in (xs, ys)
+    )
+    if not xs or not ys:
+        raise ValueError("two_slider_explorer needs at least one value per slider")
+    if initial is None:
+        initial = (list(xs)[len(xs) // 2], list(ys)[len(ys) // 2])
+    if initial[0] not in xs or initial[1] not in ys:
+        raise ValueError(
+            f"initial={initial} must be a pair from {list(xs)}, {list(ys)}"
+        )
+    pngs = {}
+    for x, x_value in xs.items():
+        for y, y_value in ys.items():
+            fig = render(x_value, y_value)
+            if not isinstance(fig, Figure):
+                raise ValueError(
+                    f"render({x_value!r}, {y_value!r}) must return a matplotlib "
+                    f"Figure, got {type(fig).__name__}"
+                )
+            pngs[x, y] = figure_to_png(fig, 2 * dpi)
+    return _slider_pair(pngs, list(xs), list(ys), labels, initial)
+
+
+def _slider_pair(pngs: dict, xs: list, ys: list, labels, initial) -> widgets.VBox:
+    """The widget: a slider over xs, one over ys, and the picture pngs[x, y]."""
     look = dict(
         style={"description_width": "170px"}, layout=widgets.Layout(width="480px")
     )
-    experts_slider = widgets.SelectionSlider(
-        options=experts, value=initial[0], description="number of experts", **look
+    x_slider = widgets.SelectionSlider(
+        options=xs, value=initial[0], description=labels[0], **look
     )
-    per_token_slider = widgets.SelectionSlider(
-        options=experts_per_token,
-        value=initial[1],
-        description="experts per token (k)",
-        **look,
+    y_slider = widgets.SelectionSlider(
+        options=ys, value=initial[1], description=labels[1], **look
     )
     # ipywidgets 7 (Colab's default): needs the kernel to swap images
     if not hasattr(widgets, "Stack"):
         image = sharp_image(pngs[initial])
 
         def show(_change):
-            image.value = pngs[experts_slider.value, per_token_slider.value]
+            image.value = pngs[x_slider.value, y_slider.value]
 
-        experts_slider.observe(show, "value")
-        per_token_slider.observe(show, "value")
-        return widgets.VBox([experts_slider, per_token_slider, image])
-
+        x_slider.observe(show, "value")
+        y_slider.observe(show, "value")
+        return widgets.VBox([x_slider, y_slider, image])
     rows = [
         widgets.Stack(
-            [sharp_image(pngs[e, k]) for k in experts_per_token],
-            selected_index=experts_per_token.index(initial[1]),
+            [sharp_image(pngs[x, y]) for y in ys], selected_index=ys.index(initial[1])
         )
-        for e in experts
+        for x in xs
     ]
-    grid = widgets.Stack(rows, selected_index=experts.index(initial[0]))
+    grid = widgets.Stack(rows, selected_index=xs.index(initial[0]))
     # jslink, not observe: the link lives in the browser, so it also works in the static
     # book.
-    widgets.jslink((experts_slider, "index"), (grid, "selected_index"))
+    widgets.jslink((x_slider, "index"), (grid, "selected_index"))
     for row in rows:
-        widgets.jslink((per_token_slider, "index"), (row, "selected_index"))
-    return widgets.VBox([experts_slider, per_token_slider, grid])
+        widgets.jslink((y_slider, "index"), (row, "selected_index"))
+    return widgets.VBox([x_slider, y_slider, grid])
