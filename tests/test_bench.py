@@ -124,7 +124,9 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
             "time_to_first_token_ms",
             "median_token_latency_ms",
             "latency_growth",
+            "latency_growth_runs",
         } <= run.keys()
+        assert len(run["latency_growth_runs"]) == result["repeats"]
     assert (
         decode["tokens_match"]
         and decode["cache_matches_no_cache"]

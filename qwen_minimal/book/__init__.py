@@ -59,6 +59,10 @@ DEMO_CLASS = "corpus-demo"
 BOOK_RUNS = "book-runs"
 # beside a run's checkpoint: what train printed, as train_once showed it
 TRAIN_LOG = "train.log"
+# a training log line's throughput, "| 1,234 tok/s": over a few steps on a shared CPU it
+# swings with the machine's load, so the log a page shows leaves it out (a page that
+# quotes a throughput takes the run's median from its history)
+LINE_THROUGHPUT = re.compile(r"\s*\|\s+[\d,.]+\s+tok/s")
 # characters of code or printed output that fit the text column (book/_static/book.css)
 COLUMNS = 88
 
@@ -239,8 +243,9 @@ def train_once(config: TrainConfig, quiet: bool = False) -> TrainResult:
     nothing. An unfinished run there (stopped by Ctrl-C) is resumed. config.out_dir is
     ignored. A loaded run's model is in eval mode, its tokenizer the copy saved with the
     checkpoint. The training log is printed when training ends, its lines fitted to the
-    column and the machine's cache folder shown as book-runs/<name>; it is kept with the
-    run (TRAIN_LOG) and printed again when the run is loaded. quiet: one line instead of
+    column, without each line's tokens/s (LINE_THROUGHPUT) and with the machine's cache
+    folder shown as book-runs/<name>; it is kept with the run (TRAIN_LOG) and printed
+    again when the run is loaded. quiet: one line instead of
     the training log, for a page that reuses a run another page shows training."""
     folder = run_folder(config, load_corpus(config.data, config.tokenizer))
     where = f"{BOOK_RUNS}/{folder.name}"
@@ -255,7 +260,8 @@ def train_once(config: TrainConfig, quiet: bool = False) -> TrainResult:
                 dataclasses.replace(config, out_dir=str(folder)),
                 resume=step is not None,
             )
-        text = wrap(log.getvalue().replace(str(folder), where).rstrip("\n"))
+        text = log.getvalue().replace(str(folder), where).rstrip("\n")
+        text = wrap(LINE_THROUGHPUT.sub("", text))
         (folder / TRAIN_LOG).write_text(text + "\n")
         print(
             f"Trained this run now, {result.step} steps, and kept it in the cache "
@@ -266,7 +272,8 @@ def train_once(config: TrainConfig, quiet: bool = False) -> TrainResult:
         return result
     print(f"Loaded this run from the cache ({where}): {step} steps, no training.")
     if not quiet and (folder / TRAIN_LOG).is_file():
-        print("Its training log:\n" + (folder / TRAIN_LOG).read_text().rstrip("\n"))
+        kept = (folder / TRAIN_LOG).read_text().rstrip("\n")
+        print("Its training log:\n" + LINE_THROUGHPUT.sub("", kept))
     return TrainResult(
         model=checkpoint.load_model(folder),
         config=TrainConfig.from_run(folder),

@@ -162,7 +162,8 @@ def latency_summary(runs: list[list[float]], new_tokens: int) -> dict:
 
     latency_growth compares the median latency of the last quarter of the tokens with
     that of the first quarter (medians, so that a few slow steps do not count): 0 when
-    flat, 1 when the latency doubles.
+    flat, 1 when the latency doubles. latency_growth_runs: the same of each run on its
+    own, whose spread says how much of a growth is run-to-run noise.
     """
     # per-token latency of tokens 2..N
     steps = [[b - a for a, b in zip(r, r[1:])] for r in runs]
@@ -170,10 +171,14 @@ def latency_summary(runs: list[list[float]], new_tokens: int) -> dict:
         statistics.median(s[i] for s in steps) for i in range(len(steps[0]))
     ]
     quarter = max(1, len(per_position) // 4)
-    first, last = (
-        statistics.median(per_position[:quarter]),
-        statistics.median(per_position[-quarter:]),
-    )
+
+    def quarters(latencies: list[float]) -> tuple[float, float]:
+        return (
+            statistics.median(latencies[:quarter]),
+            statistics.median(latencies[-quarter:]),
+        )
+
+    first, last = quarters(per_position)
     return {
         "tokens_per_s": statistics.median(new_tokens / r[-1] for r in runs),
         "tokens_per_s_runs": [new_tokens / r[-1] for r in runs],
@@ -182,6 +187,7 @@ def latency_summary(runs: list[list[float]], new_tokens: int) -> dict:
         "first_quarter_latency_ms": 1e3 * first,
         "last_quarter_latency_ms": 1e3 * last,
         "latency_growth": last / first - 1,
+        "latency_growth_runs": [b / a - 1 for a, b in map(quarters, steps)],
         "per_token_latency_ms": [1e3 * t for t in per_position],
     }
 
