@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from ..errors import InputError, check_at_least, check_known_fields
 
 LOAD_BALANCING = ("joint", "per_layer", "global_batch", "bias")
+LAYER_TYPES = ("full_attention", "linear_attention")
+# The transformers family a model is laid out as (see ModelConfig.architecture).
+ARCHITECTURES = ("qwen3", "qwen3_next", "qwen3_5")
 
 
 @dataclass
@@ -74,6 +77,37 @@ class ModelConfig:
     )
     tie_embeddings: bool = False  # share the input embedding with the output projection
     init_std: float = 0.02  # std of the normal init of every weight matrix
+    # The hybrids of Qwen3-Next and Qwen3.5 (transformers' names and meanings). The
+    # defaults are Qwen3: every layer softmax attention, plain RMSNorm, no output gate,
+    # RoPE on every channel, no shared expert.
+    # Per layer "full_attention" (softmax attention with a KV cache) or
+    # "linear_attention" (Gated DeltaNet, a fixed-size state); None: all full.
+    layer_types: list[str] | None = None
+    # The Gated DeltaNet layers' shapes (transformers' defaults, Qwen3-Next-80B's).
+    linear_num_key_heads: int = 16
+    linear_num_value_heads: int = 32  # a multiple of linear_num_key_heads
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    linear_conv_kernel_dim: int = 4  # taps of the causal depthwise convolution
+    # RoPE rotates the first partial_rotary_factor * head_dim channels of each head
+    # and leaves the rest alone (the hybrids: 0.25).
+    partial_rotary_factor: float = 1.0
+    # q_proj also yields a per-head gate; attention's output is multiplied by
+    # sigmoid(gate) before o_proj (Qwen3-Next, Qwen3.5).
+    attn_output_gate: bool = False
+    # RMSNorm gains stored as w and applied as 1 + w, initialised to zeros (Gemma's,
+    # the hybrids'): block, final and q/k norms; not the Gated DeltaNet's gated norm.
+    zero_centered_norm: bool = False
+    # Width of a shared expert that every token passes through beside its routed ones,
+    # scaled by sigmoid(shared_expert_gate(x)); 0: none.
+    shared_expert_intermediate_size: int = 0
+    # Layers (0-based) with a dense SwiGLU of intermediate_size instead of the MoE.
+    mlp_only_layers: list[int] = field(default_factory=list)
+    # The transformers family for export: "qwen3" (Qwen3ForCausalLM or
+    # Qwen3MoeForCausalLM), "qwen3_next" (Qwen3NextForCausalLM: fused in_proj_qkvz /
+    # in_proj_ba), "qwen3_5" (Qwen3_5ForCausalLM, or Qwen3_5MoeForCausalLM with MoE).
+    # The layers compute the same either way; the family is the checkpoint's layout.
+    architecture: str = field(default="qwen3", metadata={"choices": ARCHITECTURES})
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -132,6 +166,96 @@ class ModelConfig:
                 f"capacity_factor={self.capacity_factor} must be positive, "
                 f"or None for dropless routing"
             )
+        self._check_hybrid_fields()
+
+    def _check_hybrid_fields(self) -> None:
+        """InputError for a hybrid setting that cannot build a model."""
+        if self.architecture not in ARCHITECTURES:
+            raise InputError(
+                f"architecture={self.architecture!r}: choose one of "
+                f"{', '.join(ARCHITECTURES)}"
+            )
+        if self.layer_types is not None:
+            self.layer_types = list(self.layer_types)
+            if len(self.layer_types) != self.num_layers:
+                raise InputError(
+                    f"layer_types has {len(self.layer_types)} entries but num_layers="
+                    f"{self.num_layers}: give one type per layer"
+                )
+            unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if unknown:
+                raise InputError(
+                    f"unknown layer type(s) {unknown} in layer_types: use "
+                    f"{' or '.join(LAYER_TYPES)}"
+                )
+        if self.linear_attention_layers:
+            check_at_least(
+                1,
+                **{
+                    name: getattr(self, name)
+                    for name in (
+                        "linear_num_key_heads",
+                        "linear_num_value_heads",
+                        "linear_key_head_dim",
+                        "linear_value_head_dim",
+                        "linear_conv_kernel_dim",
+                    )
+                },
+            )
+            if self.linear_num_value_heads % self.linear_num_key_heads:
+                raise InputError(
+                    f"linear_num_value_heads={self.linear_num_value_heads} is not a "
+                    f"multiple of linear_num_key_heads={self.linear_num_key_heads}: "
+                    "each key head must serve a whole group of value heads"
+                )
+        if not 0 < self.partial_rotary_factor <= 1:
+            raise InputError(
+                f"partial_rotary_factor={self.partial_rotary_factor} must be in "
+                "(0, 1]: the share of each head's channels that RoPE rotates"
+            )
+        if self.rotary_dim < 2 or self.rotary_dim % 2:
+            raise InputError(
+                f"partial_rotary_factor={self.partial_rotary_factor} of head_dim="
+                f"{self.head_dim} rotates {self.rotary_dim} channels: RoPE rotates "
+                "pairs, so choose a factor that gives an even number of at least 2"
+            )
+        if self.shared_expert_intermediate_size < 0:
+            raise InputError(
+                "shared_expert_intermediate_size must be at least 0 (0: no shared "
+                f"expert), got {self.shared_expert_intermediate_size}"
+            )
+        self.mlp_only_layers = sorted(set(self.mlp_only_layers))
+        outside = [i for i in self.mlp_only_layers if not 0 <= i < self.num_layers]
+        if outside:
+            raise InputError(
+                f"mlp_only_layers {outside} are not layers of a "
+                f"{self.num_layers}-layer model: use indices 0 .. {self.num_layers - 1}"
+            )
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        """Every layer's type: layer_types, or "full_attention" throughout if None."""
+        return self.layer_types or ["full_attention"] * self.num_layers
+
+    @property
+    def full_attention_layers(self) -> list[int]:
+        """The layers with softmax attention: the ones a KV cache grows in."""
+        return [i for i, t in enumerate(self.layer_kinds) if t == "full_attention"]
+
+    @property
+    def linear_attention_layers(self) -> list[int]:
+        """The Gated DeltaNet layers."""
+        return [i for i, t in enumerate(self.layer_kinds) if t == "linear_attention"]
+
+    @property
+    def rotary_dim(self) -> int:
+        """Channels per head that RoPE rotates: int(head_dim * partial_rotary_factor),
+        rounded down as transformers does."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether `layer` has the MoE (else the dense SwiGLU)."""
+        return self.use_moe and layer not in self.mlp_only_layers
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
