@@ -63,8 +63,8 @@ class Attention(nn.Module):
         # Output gate: q_proj yields, per head, head_dim query channels followed by
         # head_dim gate channels (transformers' layout: [q_1, gate_1, q_2, ...]).
         self.output_gate = config.attn_output_gate
-        q_width = self.num_heads * self.head_dim * (2 if self.output_gate else 1)
-        self.q_proj = nn.Linear(h, q_width, bias=bias)
+        self.q_head_width = self.head_dim * (2 if self.output_gate else 1)
+        self.q_proj = nn.Linear(h, self.num_heads * self.q_head_width, bias=bias)
         self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=bias)
@@ -87,7 +87,7 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, -1)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.q_head_width)
         if self.output_gate:
             q, gate = q.split(self.head_dim, dim=-1)
         # [B, T, heads, D] -> [B, heads, T, D]

@@ -280,6 +280,15 @@ class ModelConfig:
         return cls.from_dict({**PRESETS[name], **overrides})
 
 
+def every_fourth_layer_attends(num_layers: int) -> list[str]:
+    """The hybrids' layer_types: three Gated DeltaNet layers, then one attention layer,
+    repeated (transformers' full_attention_interval=4)."""
+    return [
+        "full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+        for i in range(num_layers)
+    ]
+
+
 PRESETS: dict[str, dict] = {
     # The original run: 6 layers, 768 wide, 16 query heads in 4 KV groups of head_dim
     # 48, 8 experts top-2 of width 3072, GPT-2 vocabulary, untied embeddings, context
@@ -303,6 +312,41 @@ PRESETS: dict[str, dict] = {
         tie_embeddings=True,
         router_aux_loss_coef=0.03,
         bias_update_rate=0.01,
+    ),
+    # cpu-tiny as a Qwen3-Next hybrid: layers 0-2 Gated DeltaNet, layer 3 gated
+    # attention rotating a quarter of each head, zero-centred norms, and beside the 8
+    # routed experts (top-2) a shared expert of the same width. Without the embedding
+    # it has 1.45M active parameters per token (3.81M in all), cpu-tiny 0.99M (3.35M):
+    # a token passes through 3 experts' worth of MLP instead of 2 (+0.39M), and the
+    # gated q_proj is twice as wide. A Gated DeltaNet layer here has 68K parameters,
+    # the gated attention layer 66K, cpu-tiny's attention 49K. Totals, presets below:
+    # qwen3-next-80b-a3b 79.7B (3.9B active), qwen3.5-9b 9.0B, qwen3.5-35b-a3b 34.7B
+    # (3.5B active), as the names say.
+    "cpu-tiny-hybrid": dict(
+        hidden_size=128,
+        num_layers=4,
+        layer_types=every_fourth_layer_attends(4),
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        partial_rotary_factor=0.25,
+        attn_output_gate=True,
+        zero_centered_norm=True,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=32,
+        linear_value_head_dim=32,
+        linear_conv_kernel_dim=4,
+        max_seq_len=128,
+        intermediate_size=512,
+        num_experts=8,
+        num_experts_per_tok=2,
+        expert_intermediate_size=256,
+        shared_expert_intermediate_size=256,
+        tie_embeddings=True,
+        router_aux_loss_coef=0.03,
+        bias_update_rate=0.01,
+        architecture="qwen3_next",
     ),
     # The real Qwen3 shapes (from their config.json on the hub), for loading
     # checkpoints.
@@ -331,5 +375,73 @@ PRESETS: dict[str, dict] = {
         num_experts_per_tok=8,
         expert_intermediate_size=768,
         router_aux_loss_coef=0.001,
+    ),
+    # The hybrids' shapes. Qwen3-Next-80B-A3B: transformers' Qwen3NextConfig defaults,
+    # which its docstring names as that checkpoint's, with intermediate_size and
+    # max_position_embeddings of the released config.json (5120, 262144; the dense
+    # width is unused, every layer being MoE). Every 4th layer attends
+    # (full_attention_interval=4), a quarter of each head is rotated.
+    "qwen3-next-80b-a3b": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        num_layers=48,
+        layer_types=every_fourth_layer_attends(48),
+        num_heads=16,
+        num_kv_heads=2,
+        head_dim=256,
+        partial_rotary_factor=0.25,
+        attn_output_gate=True,
+        zero_centered_norm=True,
+        max_seq_len=262144,
+        rope_theta=10_000_000.0,
+        intermediate_size=5120,
+        num_experts=512,
+        num_experts_per_tok=10,
+        expert_intermediate_size=512,
+        shared_expert_intermediate_size=512,
+        router_aux_loss_coef=0.001,
+        architecture="qwen3_next",
+    ),
+    # Qwen3.5-9B and Qwen3.5-35B-A3B (text models): transformers' Qwen3_5TextConfig
+    # and Qwen3_5MoeTextConfig defaults, which their docstrings name as those
+    # checkpoints' (linear-attention shapes: the defaults above); rope_theta 1e7 as in
+    # the Qwen3-Next release (transformers' default is 1e4), context 32768
+    # (transformers' default; the released files may allow more).
+    "qwen3.5-9b": dict(
+        vocab_size=248320,
+        hidden_size=4096,
+        num_layers=32,
+        layer_types=every_fourth_layer_attends(32),
+        num_heads=16,
+        num_kv_heads=4,
+        head_dim=256,
+        partial_rotary_factor=0.25,
+        attn_output_gate=True,
+        zero_centered_norm=True,
+        max_seq_len=32768,
+        rope_theta=10_000_000.0,
+        intermediate_size=12288,
+        use_moe=False,
+        architecture="qwen3_5",
+    ),
+    "qwen3.5-35b-a3b": dict(
+        vocab_size=248320,
+        hidden_size=2048,
+        num_layers=40,
+        layer_types=every_fourth_layer_attends(40),
+        num_heads=16,
+        num_kv_heads=2,
+        head_dim=256,
+        partial_rotary_factor=0.25,
+        attn_output_gate=True,
+        zero_centered_norm=True,
+        max_seq_len=32768,
+        rope_theta=10_000_000.0,
+        num_experts=256,
+        num_experts_per_tok=8,
+        expert_intermediate_size=512,
+        shared_expert_intermediate_size=512,
+        router_aux_loss_coef=0.001,
+        architecture="qwen3_5",
     ),
 }

@@ -8,7 +8,9 @@ from torch import nn
 class RMSNorm(nn.Module):
     """x / rms(x) * gain. zero_centered=True (Gemma's, the Qwen3-Next / Qwen3.5
     hybrids'): the parameter w stores the gain's offset from 1, gain = 1 + w,
-    initialised to zeros; weight decay then pulls the gain towards 1, not 0."""
+    initialised to zeros, so that weight decay on it, which Qwen3-Next applies, pulls
+    the gain towards 1 rather than 0. (This package's optimizer decays matrices only.)
+    """
 
     def __init__(self, dim: int, eps: float = 1e-6, zero_centered: bool = False):
         super().__init__()
