@@ -341,9 +341,10 @@ def transformers_class(config: ModelConfig):
     """The transformers model class of the same architecture: Qwen3ForCausalLM or
     Qwen3MoeForCausalLM (architecture "qwen3"), Qwen3NextForCausalLM ("qwen3_next"),
     Qwen3_5ForCausalLM or Qwen3_5MoeForCausalLM ("qwen3_5"), dense or MoE as
-    use_moe says."""
+    use_moe says; InputError for what that family cannot represent."""
     import transformers
 
+    _check_representable(config)
     dense, moe = {
         "qwen3": ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"),
         "qwen3_next": (None, "Qwen3NextForCausalLM"),
