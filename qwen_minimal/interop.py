@@ -1,8 +1,11 @@
-"""Weights in and out of transformers: Qwen3ForCausalLM / Qwen3MoeForCausalLM and
+"""Weights in and out of transformers: Qwen3ForCausalLM / Qwen3MoeForCausalLM, the
+hybrids Qwen3NextForCausalLM, Qwen3_5ForCausalLM and Qwen3_5MoeForCausalLM, and
 checkpoint folders.
 
 The mapping is explicit, name by name, one table of renames for both directions, and
-every tensor's shape is checked against the model it goes into.
+every tensor's shape is checked against the model it goes into. ModelConfig.architecture
+says which family a model is exported as (the layers compute the same in each family;
+the checkpoint's layout differs).
 """
 
 import copy
@@ -25,6 +28,9 @@ BLOCK_RENAMES = [
     ("ffn.router.", "mlp.gate."),
     ("ffn.", "mlp."),
 ]
+# A Gated DeltaNet layer is blocks.{i}.attn. here, as every token mixer is, and
+# model.layers.{i}.linear_attn. in transformers.
+LINEAR_ATTENTION_RENAME = ("attn.", "linear_attn.")
 TOP_LEVEL_RENAMES = {
     "embed.weight": "model.embed_tokens.weight",
     "norm.weight": "model.norm.weight",
@@ -32,14 +38,17 @@ TOP_LEVEL_RENAMES = {
 }
 
 
-def transformers_name(name: str) -> str:
+def transformers_name(name: str, config: ModelConfig) -> str:
     """qwen_minimal's tensor name -> transformers' (the experts' stacked tensors keep
     their last part: blocks.{i}.ffn.experts.gate_proj ->
     model.layers.{i}.mlp.experts.gate_proj)."""
     if not name.startswith("blocks."):
         return TOP_LEVEL_RENAMES[name]
     _, layer, rest = name.split(".", 2)
-    old, new = next((a, b) for a, b in BLOCK_RENAMES if rest.startswith(a))
+    renames = BLOCK_RENAMES
+    if int(layer) in config.linear_attention_layers:
+        renames = [LINEAR_ATTENTION_RENAME, *BLOCK_RENAMES]
+    old, new = next((a, b) for a, b in renames if rest.startswith(a))
     return f"model.layers.{layer}.{new}{rest[len(old) :]}"
 
 
@@ -51,15 +60,50 @@ def _field(hf_config, name, default=None):
     )
 
 
+# transformers' model_type -> ModelConfig.architecture
+ARCHITECTURE_OF = {
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3",
+    "qwen3_next": "qwen3_next",
+    "qwen3_5_text": "qwen3_5",
+    "qwen3_5_moe_text": "qwen3_5",
+}
+MOE_MODEL_TYPES = ("qwen3_moe", "qwen3_next", "qwen3_5_moe_text")
+# Qwen3.5's released checkpoints are multimodal: their config.json holds the language
+# model's config under text_config.
+MULTIMODAL_MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
+
+
+def _language_model_config(hf_config):
+    """The config of the language model: hf_config, or its text_config in a
+    multimodal Qwen3.5 config."""
+    if _field(hf_config, "model_type") in MULTIMODAL_MODEL_TYPES:
+        return _field(hf_config, "text_config")
+    return hf_config
+
+
+def _dense_layers(hf_config, num_layers: int) -> list[int]:
+    """The layers of a Qwen3-MoE or Qwen3-Next config that have a dense MLP: those in
+    mlp_only_layers and, with decoder_sparse_step = s, those whose number (1-based) is
+    not a multiple of s."""
+    step = _field(hf_config, "decoder_sparse_step", 1) or 1
+    listed = set(_field(hf_config, "mlp_only_layers") or [])
+    return sorted(listed | {i for i in range(num_layers) if (i + 1) % step})
+
+
 def config_from_transformers(hf_config) -> ModelConfig:
-    """A ModelConfig from a transformers Qwen3Config / Qwen3MoeConfig or its config.json
-    as a dict."""
+    """A ModelConfig from a transformers config (Qwen3Config, Qwen3MoeConfig,
+    Qwen3NextConfig, Qwen3_5TextConfig, Qwen3_5MoeTextConfig, or a multimodal Qwen3.5
+    config, whose language model is read) or its config.json as a dict."""
+    hf_config = _language_model_config(hf_config)
     model_type = _field(hf_config, "model_type")
-    if model_type not in ("qwen3", "qwen3_moe"):
+    if model_type not in ARCHITECTURE_OF:
         raise InputError(
-            f"model_type {model_type!r} is not supported: expected 'qwen3' or "
-            "'qwen3_moe'"
+            f"model_type {model_type!r} is not supported: expected one of "
+            f"{', '.join(repr(t) for t in ARCHITECTURE_OF)}"
         )
+    architecture = ARCHITECTURE_OF[model_type]
+    hybrid = architecture != "qwen3"
     if _field(hf_config, "hidden_act", "silu") != "silu":
         raise InputError(
             f"hidden_act={_field(hf_config, 'hidden_act')!r}: only SwiGLU (silu) is "
@@ -71,7 +115,8 @@ def config_from_transformers(hf_config) -> ModelConfig:
             "attention"
         )
     # transformers 5.x keeps rope_theta in rope_parameters; config.json files on the hub
-    # have rope_theta and rope_scaling at the top level.
+    # have rope_theta and rope_scaling at the top level. (Qwen3.5's multimodal RoPE,
+    # mrope_section, gives text tokens the same position on its three axes: plain RoPE.)
     rope = (
         _field(hf_config, "rope_parameters") or _field(hf_config, "rope_scaling") or {}
     )
@@ -80,20 +125,20 @@ def config_from_transformers(hf_config) -> ModelConfig:
             f"RoPE scaling {rope} is not implemented: only the default rotary "
             "embedding is"
         )
-    moe = model_type == "qwen3_moe"
-    if moe and (
-        _field(hf_config, "mlp_only_layers")
-        or _field(hf_config, "decoder_sparse_step", 1) != 1
-    ):
+    num_layers = _field(hf_config, "num_hidden_layers")
+    num_experts = _field(hf_config, "num_experts") or _field(
+        hf_config, "num_local_experts"
+    )  # save_pretrained writes num_experts under its alias num_local_experts
+    if model_type == "qwen3_next" and not num_experts:
         raise InputError(
-            "mixed dense/MoE layer stacks (mlp_only_layers, decoder_sparse_step != "
-            "1) are not "
-            "implemented: every layer must be a MoE layer"
+            "a Qwen3-Next config without experts (num_experts=0) is not supported: "
+            "a dense hybrid is Qwen3.5's (model_type 'qwen3_5_text')"
         )
+    moe = model_type in MOE_MODEL_TYPES
     fields = dict(
         vocab_size=_field(hf_config, "vocab_size"),
         hidden_size=_field(hf_config, "hidden_size"),
-        num_layers=_field(hf_config, "num_hidden_layers"),
+        num_layers=num_layers,
         num_heads=_field(hf_config, "num_attention_heads"),
         num_kv_heads=_field(hf_config, "num_key_value_heads"),
         head_dim=_field(hf_config, "head_dim"),
@@ -103,81 +148,209 @@ def config_from_transformers(hf_config) -> ModelConfig:
         ),
         rms_norm_eps=_field(hf_config, "rms_norm_eps"),
         attention_bias=_field(hf_config, "attention_bias", False),
-        intermediate_size=_field(hf_config, "intermediate_size"),
         use_moe=moe,
         tie_embeddings=_field(hf_config, "tie_word_embeddings", False),
         init_std=_field(hf_config, "initializer_range", 0.02),
+        architecture=architecture,
     )
+    # Qwen3.5-MoE has no dense MLP, hence no intermediate_size: ModelConfig's default.
+    if _field(hf_config, "intermediate_size") is not None:
+        fields["intermediate_size"] = _field(hf_config, "intermediate_size")
     if moe:
-        # save_pretrained writes num_experts under its alias num_local_experts
-        num_experts = _field(hf_config, "num_experts") or _field(
-            hf_config, "num_local_experts"
-        )
         fields.update(
             num_experts=num_experts,
             num_experts_per_tok=_field(hf_config, "num_experts_per_tok"),
             expert_intermediate_size=_field(hf_config, "moe_intermediate_size"),
-            norm_topk_prob=_field(hf_config, "norm_topk_prob"),
+            # Qwen3.5-MoE always renormalises (its config has no such field)
+            norm_topk_prob=_field(hf_config, "norm_topk_prob", True),
             router_aux_loss_coef=_field(hf_config, "router_aux_loss_coef"),
+            mlp_only_layers=_dense_layers(hf_config, num_layers),
+            shared_expert_intermediate_size=_field(
+                hf_config, "shared_expert_intermediate_size", 0
+            ),
+        )
+    if hybrid:
+        # transformers' hybrids always gate attention's output and centre their norms
+        # on 1; they rotate a quarter of each head unless told otherwise. Without
+        # layer_types, every full_attention_interval-th layer attends.
+        interval = _field(hf_config, "full_attention_interval", 4)
+        layer_types = _field(hf_config, "layer_types") or [
+            "full_attention" if (i + 1) % interval == 0 else "linear_attention"
+            for i in range(num_layers)
+        ]
+        fields.update(
+            layer_types=list(layer_types),
+            partial_rotary_factor=rope.get(
+                "partial_rotary_factor",
+                _field(hf_config, "partial_rotary_factor", 0.25),
+            ),
+            attn_output_gate=True,
+            zero_centered_norm=True,
+            **{
+                name: _field(hf_config, name)
+                for name in (
+                    "linear_num_key_heads",
+                    "linear_num_value_heads",
+                    "linear_key_head_dim",
+                    "linear_value_head_dim",
+                    "linear_conv_kernel_dim",
+                )
+            },
         )
     # transformers trains with the joint loss, and its routers have no selection bias.
     return ModelConfig(**fields, load_balancing="joint")
 
 
-def transformers_config(config: ModelConfig):
-    """The transformers config of the same architecture: Qwen3MoeConfig (or Qwen3Config
-    if dense)."""
-    from transformers import Qwen3Config, Qwen3MoeConfig
+def _refuse(problem: str, fix: str) -> None:
+    raise InputError(f"{problem}: {fix}")
 
+
+def _check_representable(config: ModelConfig) -> None:
+    """InputError for what config.architecture's transformers classes cannot hold."""
     if config.capacity_factor is not None:
-        raise InputError(
-            f"capacity_factor={config.capacity_factor}: transformers' Qwen3-MoE is "
-            "dropless and has no "
-            f"expert capacity; set capacity_factor=None"
+        _refuse(
+            f"capacity_factor={config.capacity_factor}: transformers' MoE layers are "
+            "dropless and have no expert capacity",
+            "set capacity_factor=None",
         )
     if config.load_balancing == "bias":
-        raise InputError(
-            "load_balancing='bias': transformers' Qwen3-MoE router has no per-expert "
-            "selection bias, "
-            "so this model's expert choices cannot be represented there; train with "
-            "another "
-            "load_balancing mode to export"
+        _refuse(
+            "load_balancing='bias': transformers' routers have no per-expert "
+            "selection bias, so this model's expert choices cannot be represented "
+            "there",
+            "train with another load_balancing mode to export",
         )
+    hybrid_settings = {
+        "layer_types with linear_attention": bool(config.linear_attention_layers),
+        "attn_output_gate=True": config.attn_output_gate,
+        "zero_centered_norm=True": config.zero_centered_norm,
+        f"partial_rotary_factor={config.partial_rotary_factor}": (
+            config.partial_rotary_factor != 1.0
+        ),
+        "a shared expert": config.use_moe and config.shared_expert_intermediate_size,
+    }
+    if config.architecture == "qwen3":
+        used = [name for name, on in hybrid_settings.items() if on]
+        if used:
+            _refuse(
+                f"{', '.join(used)}: transformers' Qwen3 / Qwen3-MoE have no such "
+                "setting",
+                "set architecture='qwen3_next' or 'qwen3_5' to export a hybrid",
+            )
+        return
+    if not (config.attn_output_gate and config.zero_centered_norm):
+        _refuse(
+            f"architecture={config.architecture!r} always gates attention's output "
+            "and centres its norms on 1",
+            "set attn_output_gate=True and zero_centered_norm=True",
+        )
+    if config.architecture == "qwen3_next" and not config.use_moe:
+        _refuse(
+            "architecture='qwen3_next' with use_moe=False: the released Qwen3-Next is "
+            "a MoE",
+            "export a dense hybrid as architecture='qwen3_5'",
+        )
+    if config.use_moe and not config.shared_expert_intermediate_size:
+        _refuse(
+            f"architecture={config.architecture!r} MoE layers always have a shared "
+            "expert",
+            "set shared_expert_intermediate_size > 0",
+        )
+    if config.architecture == "qwen3_5" and config.use_moe:
+        if config.mlp_only_layers:
+            _refuse(
+                f"mlp_only_layers={config.mlp_only_layers}: every Qwen3.5-MoE layer "
+                "is a MoE layer",
+                "export as architecture='qwen3_next', which has dense layers",
+            )
+        if not config.norm_topk_prob:
+            _refuse(
+                "norm_topk_prob=False: Qwen3.5-MoE always renormalises the chosen "
+                "experts' weights",
+                "export as architecture='qwen3_next', which has the setting",
+            )
+
+
+def transformers_config(config: ModelConfig):
+    """The transformers config of the same architecture (see transformers_class),
+    or InputError for what that family cannot represent."""
+    from transformers import (
+        Qwen3_5MoeTextConfig,
+        Qwen3_5TextConfig,
+        Qwen3Config,
+        Qwen3MoeConfig,
+        Qwen3NextConfig,
+    )
+
+    _check_representable(config)
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.architecture != "qwen3":
+        rope["partial_rotary_factor"] = config.partial_rotary_factor
     common = dict(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_kv_heads,
         head_dim=config.head_dim,
         max_position_embeddings=config.max_seq_len,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        rope_parameters=rope,
         rms_norm_eps=config.rms_norm_eps,
         attention_bias=config.attention_bias,
         tie_word_embeddings=config.tie_embeddings,
         initializer_range=config.init_std,
     )
-    if not config.use_moe:
-        return Qwen3Config(**common)
-    return Qwen3MoeConfig(
-        **common,
+    dense = dict(intermediate_size=config.intermediate_size)
+    moe = dict(
         num_experts=config.num_experts,
         num_experts_per_tok=config.num_experts_per_tok,
         moe_intermediate_size=config.expert_intermediate_size,
-        norm_topk_prob=config.norm_topk_prob,
         router_aux_loss_coef=config.router_aux_loss_coef,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
     )
+    # what Qwen3-MoE and Qwen3-Next have beyond Qwen3.5-MoE
+    sparse_steps = dict(
+        norm_topk_prob=config.norm_topk_prob,
+        decoder_sparse_step=1,
+        mlp_only_layers=config.mlp_only_layers,
+    )
+    if config.architecture == "qwen3":
+        if not config.use_moe:
+            return Qwen3Config(**common, **dense)
+        return Qwen3MoeConfig(**common, **dense, **moe, **sparse_steps)
+    hybrid = dict(
+        layer_types=config.layer_kinds,
+        linear_num_key_heads=config.linear_num_key_heads,
+        linear_num_value_heads=config.linear_num_value_heads,
+        linear_key_head_dim=config.linear_key_head_dim,
+        linear_value_head_dim=config.linear_value_head_dim,
+        linear_conv_kernel_dim=config.linear_conv_kernel_dim,
+    )
+    shared = dict(
+        shared_expert_intermediate_size=config.shared_expert_intermediate_size
+    )
+    if config.architecture == "qwen3_next":
+        return Qwen3NextConfig(
+            **common, **hybrid, **dense, **moe, **shared, **sparse_steps
+        )
+    if not config.use_moe:
+        return Qwen3_5TextConfig(**common, **hybrid, **dense)
+    return Qwen3_5MoeTextConfig(**common, **hybrid, **moe, **shared)
 
 
 def transformers_class(config: ModelConfig):
-    """The transformers model class of the same architecture: Qwen3MoeForCausalLM (or
-    Qwen3ForCausalLM if dense)."""
-    from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
+    """The transformers model class of the same architecture: Qwen3ForCausalLM or
+    Qwen3MoeForCausalLM (architecture "qwen3"), Qwen3NextForCausalLM ("qwen3_next"),
+    Qwen3_5ForCausalLM or Qwen3_5MoeForCausalLM ("qwen3_5"), dense or MoE as
+    use_moe says; InputError for what that family cannot represent."""
+    import transformers
 
-    return Qwen3MoeForCausalLM if config.use_moe else Qwen3ForCausalLM
+    _check_representable(config)
+    dense, moe = {
+        "qwen3": ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"),
+        "qwen3_next": (None, "Qwen3NextForCausalLM"),
+        "qwen3_5": ("Qwen3_5ForCausalLM", "Qwen3_5MoeForCausalLM"),
+    }[config.architecture]
+    return getattr(transformers, moe if config.use_moe else dense)
 
 
 def same_weights_pair(
@@ -186,11 +359,8 @@ def same_weights_pair(
     """(qwen_minimal model, transformers model) holding identical random weights, in
     eval mode: the pair the benchmark and the GPU checks compare."""
     torch.manual_seed(seed)
-    hf = (
-        transformers_class(config)(transformers_config(config))
-        .to(device=device, dtype=dtype)
-        .eval()
-    )
+    hf_config = transformers_config(config)  # refuses what transformers cannot hold
+    hf = transformers_class(config)(hf_config).to(device=device, dtype=dtype).eval()
     # A copy: each model gets its own weights and, in the benchmark, its own optimizer.
     ours = from_transformers(copy.deepcopy(hf)).to(device).eval()
     return ours, hf
@@ -230,14 +400,69 @@ def _expert_weights(
         ) from None
 
 
+def _layout(config: ModelConfig) -> QwenLM:
+    """The model of `config` on the meta device: its tensors' names and shapes, and its
+    layers' regrouping methods, with no memory."""
+    with torch.device("meta"):
+        return QwenLM(config)
+
+
+# Tensors of transformers checkpoints that this model has no use for: the
+# multi-token-prediction head of Qwen3-Next and Qwen3.5, and Qwen3.5's vision tower.
+SKIPPED_PREFIXES = ("mtp.", "model.visual.")
+# Qwen3.5's multimodal checkpoints keep the language model under this prefix, where
+# Qwen3_5ForCausalLM has model.
+LANGUAGE_MODEL_PREFIX = "model.language_model."
+QWEN3_NEXT_FUSED = ("in_proj_qkvz.weight", "in_proj_ba.weight")
+QWEN3_5_PROJECTIONS = tuple(f"in_proj_{x}.weight" for x in ("qkv", "z", "b", "a"))
+
+
+def _language_model_tensors(hf_state: dict) -> dict:
+    """The language model's tensors under Qwen3_5ForCausalLM's names: the skipped
+    prefixes dropped, model.language_model. renamed to model.."""
+    return {
+        "model." + name.removeprefix(LANGUAGE_MODEL_PREFIX)
+        if name.startswith(LANGUAGE_MODEL_PREFIX)
+        else name: tensor
+        for name, tensor in hf_state.items()
+        if not name.startswith(SKIPPED_PREFIXES)
+    }
+
+
+def _regroup_linear_attention(
+    hf_state: dict, layout: QwenLM, to_qwen3_next: bool
+) -> None:
+    """In place: every Gated DeltaNet layer's projections from Qwen3-Next's fused
+    in_proj_qkvz and in_proj_ba to Qwen3.5's four (this model's), or back."""
+    source, convert = QWEN3_NEXT_FUSED, "projections_from_qwen3_next"
+    if to_qwen3_next:
+        source, convert = QWEN3_5_PROJECTIONS, "projections_to_qwen3_next"
+    for layer in layout.config.linear_attention_layers:
+        prefix = f"model.layers.{layer}.linear_attn."
+        missing = [prefix + name for name in source if prefix + name not in hf_state]
+        if missing:
+            raise InputError(
+                f"checkpoint has no tensor {missing[0]!r} (Gated DeltaNet layer "
+                f"{layer} of a {layout.config.architecture} model)"
+            )
+        weights = {name: hf_state.pop(prefix + name) for name in source}
+        method = getattr(layout.blocks[layer].attn, convert)
+        regrouped = method(weights) if to_qwen3_next else method(*weights.values())
+        hf_state.update({prefix + name: w for name, w in regrouped.items()})
+
+
 def convert_state_dict(
     hf_state: dict[str, torch.Tensor], config: ModelConfig
 ) -> dict[str, torch.Tensor]:
-    """transformers Qwen3 / Qwen3-MoE tensor names -> qwen_minimal names, with shape
-    checks."""
-    hf_state = dict(hf_state)  # we pop what we use, to report what was left over
-    with torch.device("meta"):  # shapes only, no memory
-        expected = {k: v.shape for k, v in QwenLM(config).state_dict().items()}
+    """transformers tensor names (any family of transformers_class, or a multimodal
+    Qwen3.5 checkpoint's language model) -> qwen_minimal names, with shape checks.
+    Multi-token-prediction and vision tensors are skipped."""
+    # a copy: we pop what we use, to report what was left over
+    hf_state = _language_model_tensors(hf_state)
+    layout = _layout(config)
+    if config.architecture == "qwen3_next":
+        _regroup_linear_attention(hf_state, layout, to_qwen3_next=False)
+    expected = {k: v.shape for k, v in layout.state_dict().items()}
     ours, experts_by_layer = {}, {}
     for name, shape in expected.items():
         if name == "lm_head.weight" and config.tie_embeddings:
@@ -250,7 +475,7 @@ def convert_state_dict(
                 experts_by_layer[layer] = _expert_weights(hf_state, layer, config)
             tensor = experts_by_layer[layer][part]
         else:
-            source = transformers_name(name)
+            source = transformers_name(name, config)
             if source not in hf_state:
                 raise InputError(
                     f"checkpoint has no tensor {source!r} (for qwen_minimal's {name!r})"
@@ -272,9 +497,10 @@ def convert_state_dict(
 
 
 def transformers_state_dict(
-    state: dict[str, torch.Tensor], per_expert: bool = False
+    state: dict[str, torch.Tensor], config: ModelConfig, per_expert: bool = False
 ) -> dict[str, torch.Tensor]:
-    """qwen_minimal tensor names -> transformers', the inverse of convert_state_dict.
+    """qwen_minimal tensor names -> transformers', the inverse of convert_state_dict
+    (Qwen3-Next's linear-attention projections fused as it fuses them).
     Each layer's experts are fused as transformers 5 holds them in memory (gate_up_proj
     [E, 2 I, H], gate half first; down_proj [E, H, I]) or, with per_expert=True, split
     as checkpoint files on the hub store them
@@ -282,7 +508,7 @@ def transformers_state_dict(
     memory with `state`."""
     hf_state = {}
     for name, tensor in state.items():
-        hf_name = transformers_name(name)
+        hf_name = transformers_name(name, config)
         if ".experts." not in name:
             hf_state[hf_name] = tensor
         elif per_expert:
@@ -300,6 +526,8 @@ def transformers_state_dict(
             )
         elif not name.endswith(".up_proj"):  # down_proj (up_proj is in gate_up_proj)
             hf_state[hf_name] = tensor
+    if config.architecture == "qwen3_next":
+        _regroup_linear_attention(hf_state, _layout(config), to_qwen3_next=True)
     return hf_state
 
 
@@ -318,13 +546,15 @@ def _build(
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     # not in checkpoints
-    model.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
+    model.rope = RotaryEmbedding(
+        config.rotary_dim, config.max_seq_len, config.rope_theta
+    )
     return model
 
 
 def from_transformers(hf_model) -> QwenLM:
-    """The qwen_minimal model with the same weights as a transformers Qwen3ForCausalLM
-    or Qwen3MoeForCausalLM, in its dtype, on the CPU (move it with .to())."""
+    """The qwen_minimal model with the same weights as a transformers model of a class
+    that transformers_class names, in its dtype, on the CPU (move it with .to())."""
     config = config_from_transformers(hf_model.config)
     # Copies, not views: training one model must not change the other.
     state = {
@@ -336,14 +566,15 @@ def from_transformers(hf_model) -> QwenLM:
 
 
 def to_transformers(model: QwenLM):
-    """The transformers Qwen3ForCausalLM or Qwen3MoeForCausalLM with the same weights
-    (copies), in the model's dtype, on the CPU, in eval mode: the inverse of
-    from_transformers."""
+    """The transformers model (of transformers_class) with the same weights (copies),
+    in the model's dtype, on the CPU, in eval mode: the inverse of from_transformers."""
     # refuses what transformers cannot represent
     config = transformers_config(model.config)
     hf = transformers_class(model.config)(config).to(next(model.parameters()).dtype)
     # copies into hf's own tensors
-    hf.load_state_dict(transformers_state_dict(model.state_dict()), strict=True)
+    hf.load_state_dict(
+        transformers_state_dict(model.state_dict(), model.config), strict=True
+    )
     return hf.eval()
 
 
@@ -403,7 +634,9 @@ def save_pretrained(
     # one stacked tensor do.
     weights = {
         name: tensor.detach().to(device="cpu", dtype=dtype, copy=True)
-        for name, tensor in transformers_state_dict(state, per_expert=True).items()
+        for name, tensor in transformers_state_dict(
+            state, model.config, per_expert=True
+        ).items()
     }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -425,9 +658,11 @@ def load_pretrained(
     dtype: torch.dtype = torch.bfloat16,
     max_seq_len: int | None = None,
 ) -> QwenLM:
-    """Load a Qwen3 / Qwen3-MoE checkpoint folder (config.json + *.safetensors), e.g.
-    one downloaded with huggingface_hub.snapshot_download("Qwen/Qwen3-0.6B").
-    max_seq_len shortens the RoPE tables."""
+    """Load a checkpoint folder (config.json + *.safetensors) of Qwen3, Qwen3-MoE,
+    Qwen3-Next or Qwen3.5 (text or multimodal: the language model is read), e.g. one
+    downloaded with huggingface_hub.snapshot_download("Qwen/Qwen3-0.6B").
+    Multi-token-prediction and vision tensors are skipped. max_seq_len shortens the
+    RoPE tables."""
     from safetensors.torch import load_file
 
     folder = Path(folder)

@@ -1,4 +1,5 @@
-"""Grouped-query attention with QK-norm and RoPE (Qwen3), with an optional KV cache."""
+"""Grouped-query attention with QK-norm and RoPE (Qwen3), with an optional KV cache and
+the hybrids' per-head output gate (Qwen3-Next, Qwen3.5)."""
 
 import math
 
@@ -59,14 +60,22 @@ class Attention(nn.Module):
             config.head_dim,
         )
         h, bias = config.hidden_size, config.attention_bias
-        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias=bias)
+        # Output gate: q_proj yields, per head, head_dim query channels followed by
+        # head_dim gate channels (transformers' layout: [q_1, gate_1, q_2, ...]).
+        self.output_gate = config.attn_output_gate
+        self.q_head_width = self.head_dim * (2 if self.output_gate else 1)
+        self.q_proj = nn.Linear(h, self.num_heads * self.q_head_width, bias=bias)
         self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=bias)
         # QK-norm: RMSNorm over each head's query and key vectors, before RoPE, keeps
         # logits bounded.
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.q_norm = RMSNorm(
+            self.head_dim, config.rms_norm_eps, config.zero_centered_norm
+        )
+        self.k_norm = RMSNorm(
+            self.head_dim, config.rms_norm_eps, config.zero_centered_norm
+        )
         # False selects attention_math (identical results, slower, easier to inspect)
         self.use_sdpa = True
 
@@ -78,10 +87,11 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        # [B, T, heads * D] -> [B, heads, T, D]
-        q = self.q_norm(
-            self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        ).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.q_head_width)
+        if self.output_gate:
+            q, gate = q.split(self.head_dim, dim=-1)
+        # [B, T, heads, D] -> [B, heads, T, D]
+        q = self.q_norm(q).transpose(1, 2)
         k = self.k_norm(
             self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         ).transpose(1, 2)
@@ -98,6 +108,8 @@ class Attention(nn.Module):
             out = attention_math(
                 q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             )
-        return self.o_proj(
-            out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
-        )
+        out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
+        if self.output_gate:
+            # each channel of each head's output scaled by its gate, in (0, 1)
+            out = out * torch.sigmoid(gate.reshape(B, T, -1))
+        return self.o_proj(out)

@@ -1,5 +1,6 @@
-"""The Qwen3-style decoder: pre-norm blocks of attention and a MoE (or dense SwiGLU)
-feed-forward."""
+"""The Qwen3-style decoder: pre-norm blocks of a token mixer (softmax attention, or in
+the Qwen3-Next / Qwen3.5 hybrids Gated DeltaNet linear attention) and a MoE (or dense
+SwiGLU) feed-forward."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from .attention import Attention
 from .balancing import model_loss
 from .config import ModelConfig
 from .feed_forward import SwiGLU
+from .gated_deltanet import GatedDeltaNet
 from .kv_cache import KVCache
 from .loss import cross_entropy
 from .moe import MoE, Routing
@@ -44,21 +46,42 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    """x + attn(norm(x)), then x + ffn(norm(x))."""
+    """x + attn(norm(x)), then x + ffn(norm(x)). `attn` is the layer's token mixer, as
+    config.layer_types says: softmax Attention, or a GatedDeltaNet (linear attention)
+    that reads no positions and keeps a fixed-size state instead of keys and values.
+    `ffn` is the MoE, or a dense SwiGLU in a dense model and at mlp_only_layers."""
 
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
-        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.attn = Attention(config, layer_idx)
-        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layer_idx = layer_idx  # which state of a KVCache this layer owns
+        eps, zero_centered = config.rms_norm_eps, config.zero_centered_norm
+        self.attn_norm = RMSNorm(config.hidden_size, eps, zero_centered)
+        if config.layer_kinds[layer_idx] == "linear_attention":
+            self.attn = GatedDeltaNet(
+                config.hidden_size,
+                config.linear_num_key_heads,
+                config.linear_num_value_heads,
+                config.linear_key_head_dim,
+                config.linear_value_head_dim,
+                config.linear_conv_kernel_dim,
+                eps,
+            )
+        else:
+            self.attn = Attention(config, layer_idx)
+        self.ffn_norm = RMSNorm(config.hidden_size, eps, zero_centered)
         self.ffn = (
             MoE(config)
-            if config.use_moe
+            if config.is_moe_layer(layer_idx)
             else SwiGLU(config.hidden_size, config.intermediate_size)
         )
 
     def forward(self, x, cos, sin, cache=None) -> tuple[torch.Tensor, Routing | None]:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        h = self.attn_norm(x)
+        if isinstance(self.attn, GatedDeltaNet):
+            state = None if cache is None else cache.linear_states[self.layer_idx]
+            x = x + self.attn(h, state)
+        else:
+            x = x + self.attn(h, cos, sin, cache)
         if isinstance(self.ffn, MoE):
             y, routing = self.ffn(self.ffn_norm(x))
             return x + y, routing
@@ -71,23 +94,31 @@ class QwenLM(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(
+            config.hidden_size, config.rms_norm_eps, config.zero_centered_norm
+        )
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = RotaryEmbedding(
-            config.head_dim, config.max_seq_len, config.rope_theta
+            config.rotary_dim, config.max_seq_len, config.rope_theta
         )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for every matrix, ones for norm gains, zeros for
-        biases."""
-        for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
-            else:
+        """Normal(0, init_std) for every matrix (and convolution filter), a gain of 1
+        for every norm (RMSNorm.reset_parameters), zeros for biases, and each Gated
+        DeltaNet layer's decay parameters as that layer draws them."""
+        for p in self.parameters():
+            if p.dim() >= 2:
                 nn.init.normal_(p, mean=0.0, std=self.config.init_std)
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.reset_parameters()
+            elif isinstance(module, GatedDeltaNet):
+                module.reset_decay_parameters()
+            elif isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def num_parameters(
         self, active: bool = False, include_embedding: bool = True
@@ -109,9 +140,13 @@ class QwenLM(nn.Module):
         projections, the router, the num_experts_per_tok experts a token visits, the LM
         head; not the embedding lookup or the norm gains) plus the attention scores q
         k^T and the weighted sum of values, 2 * 2 * heads * head_dim per position, in
-        every layer. training=True: forward and backward, three times the forward (the
-        backward computes two products per forward one), the count of the PaLM paper's
-        model FLOPs utilisation.
+        every full-attention layer. A linear-attention layer reads no positions: per
+        token it decays its state, predicts from it, writes the correction and reads it
+        with the query, about 2 * 3 value_heads * key_dim * value_dim, whatever the
+        context (the recurrent form's count; the chunked form's is of the same order).
+        training=True: forward and backward, three times the forward (the backward
+        computes two products per forward one), the count of the PaLM paper's model
+        FLOPs utilisation.
         """
         c = self.config
         weights = sum(
@@ -119,7 +154,14 @@ class QwenLM(nn.Module):
             for name, p in self.named_parameters()
             if p.dim() >= 2 and not (name == "embed.weight" and not c.tie_embeddings)
         )
-        forward = 2 * weights + 4 * c.num_layers * c.num_heads * c.head_dim * context
+        attention = len(c.full_attention_layers) * 4 * c.num_heads * c.head_dim
+        linear_state = len(c.linear_attention_layers) * (
+            6
+            * c.linear_num_value_heads
+            * c.linear_key_head_dim
+            * c.linear_value_head_dim
+        )
+        forward = 2 * weights + attention * context + linear_state
         return 3 * forward if training else forward
 
     def _active_numel(self, name: str, p: nn.Parameter) -> int:

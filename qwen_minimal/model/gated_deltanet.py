@@ -312,12 +312,18 @@ class GatedDeltaNet(nn.Module):
             groups=self.conv_channels,
             bias=False,
         )
-        # Decay rates A = exp(A_log) spread over (0.01, 16) so that heads forget at
-        # different speeds; A_log keeps A positive. dt_bias = 1: softplus(a + 1).
-        self.A_log = nn.Parameter(torch.empty(num_value_heads).uniform_(0.01, 16).log())
-        self.dt_bias = nn.Parameter(torch.ones(num_value_heads))
+        self.A_log = nn.Parameter(torch.empty(num_value_heads))
+        self.dt_bias = nn.Parameter(torch.empty(num_value_heads))
+        self.reset_decay_parameters()
         self.norm = GatedRMSNorm(value_head_dim, rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+
+    def reset_decay_parameters(self) -> None:
+        """Decay rates A = exp(A_log) spread over (0.01, 16) so that heads forget at
+        different speeds; A_log keeps A positive. dt_bias = 1: softplus(a + 1)."""
+        with torch.no_grad():
+            self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0.01, 16).log())
+            self.dt_bias.fill_(1.0)
 
     def empty_state(
         self,
@@ -389,6 +395,29 @@ class GatedDeltaNet(nn.Module):
             "in_proj_z.weight": rows(z),
             "in_proj_b.weight": rows(b),
             "in_proj_a.weight": rows(a),
+        }
+
+    def projections_to_qwen3_next(
+        self, weights: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The inverse of projections_from_qwen3_next: Qwen3-Next's in_proj_qkvz and
+        in_proj_ba weights (under their names) from this layer's in_proj_qkv,
+        in_proj_z, in_proj_b and in_proj_a weights in `weights` (by state-dict name)."""
+        hidden = self.hidden_size
+        q, k, v = weights["in_proj_qkv.weight"].split(
+            [self.key_dim, self.key_dim, self.value_dim]
+        )
+        z, b, a = (weights[f"in_proj_{x}.weight"] for x in "zba")
+
+        def per_key_head(*parts: torch.Tensor) -> torch.Tensor:
+            """Each part's rows split into num_key_heads groups, the groups of all
+            parts interleaved: [part1_h, part2_h, ...] for h = 1..num_key_heads."""
+            grouped = [x.reshape(self.num_key_heads, -1, hidden) for x in parts]
+            return torch.cat(grouped, dim=1).reshape(-1, hidden)
+
+        return {
+            "in_proj_qkvz.weight": per_key_head(q, k, v, z),
+            "in_proj_ba.weight": per_key_head(b, a),
         }
 
     def _causal_conv(

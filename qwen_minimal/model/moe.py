@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import InputError
 from .config import ModelConfig
+from .feed_forward import SwiGLU
 
 
 def count_per_expert(expert_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -277,7 +278,14 @@ class Experts(nn.Module):
 
 class MoE(nn.Module):
     """Route each token to its num_experts_per_tok most probable experts and mix their
-    outputs by the router's weights."""
+    outputs by the router's weights.
+
+    With shared_expert_intermediate_size > 0 (Qwen3-Next, Qwen3.5), every token also
+    passes through one shared SwiGLU expert, added with a learned per-token weight
+    sigmoid(shared_expert_gate(x)) in (0, 1): knowledge every token needs lives there
+    once instead of in many routed experts. It is not routed, so no balancing concerns
+    it.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -296,6 +304,12 @@ class MoE(nn.Module):
             config.expert_intermediate_size,
             config.init_std,
         )
+        self.shared_expert, self.shared_expert_gate = None, None
+        if config.shared_expert_intermediate_size:
+            self.shared_expert = SwiGLU(
+                config.hidden_size, config.shared_expert_intermediate_size
+            )
+            self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
         # Bias balancing (balancing.py): a per-expert bias on the selection scores,
         # learnt by update_bias, not by gradients; a buffer, so that it is saved with
         # the weights. Absent for the other strategies.
@@ -338,4 +352,6 @@ class MoE(nn.Module):
             )
             kept = capacity_mask(indices, self.num_experts, capacity)
         y = self.experts(x, indices, weights.to(x.dtype), kept)
+        if self.shared_expert is not None:
+            y = y + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return y.view(shape), Routing(router_logits, indices, weights, kept)

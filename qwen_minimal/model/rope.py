@@ -19,14 +19,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel i with channel i + head_dim/2 by the angle of its position. x:
-    [..., T, head_dim]."""
+    """Rotate channel i with channel i + rotary_dim/2 by the angle of its position. x:
+    [..., T, head_dim]; cos, sin: [T, rotary_dim]. Partial RoPE (rotary_dim < head_dim,
+    the hybrids): only the first rotary_dim channels turn, the others carry no position
+    and pass unchanged."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    return torch.cat((rotated * cos + rotate_half(rotated) * sin, passed), dim=-1)
 
 
 class RotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables for positions 0 .. max_seq_len - 1."""
+    """Precomputed cos/sin tables for positions 0 .. max_seq_len - 1. head_dim is the
+    number of channels that turn: with partial RoPE, ModelConfig.rotary_dim, and the
+    frequencies are those of a head that narrow, as in transformers."""
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()

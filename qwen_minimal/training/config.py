@@ -275,4 +275,21 @@ TRAIN_PRESETS: dict[str, dict] = {
         compile=False,
         out_dir="runs/cpu-tiny",
     ),
+    # The same run on the Qwen3-Next-style hybrid of the same width.
+    "cpu-tiny-hybrid": dict(
+        model="cpu-tiny-hybrid",
+        batch_size=8,
+        block_size=64,
+        max_steps=100,
+        lr=3e-3,
+        min_lr=1e-4,
+        eval_interval=20,
+        eval_batches=4,
+        log_interval=10,
+        monitor_interval=10,
+        checkpoint_interval=100,
+        dtype="float32",
+        compile=False,
+        out_dir="runs/cpu-tiny-hybrid",
+    ),
 }
