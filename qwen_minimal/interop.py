@@ -347,13 +347,21 @@ def to_transformers(model: QwenLM):
     return hf.eval()
 
 
+# A key of the config.json that save_pretrained writes: a folder holding it is an
+# export, which a later export may replace (transformers keeps unknown keys as
+# attributes of the config, harmlessly).
+EXPORT_MARKER = "exported_by"
+
+
 def _config_json(config) -> str:
     """config.json as transformers 5 writes it, plus the names the released Qwen3 files
     use (num_experts, rope_theta, torch_dtype), which transformers 4 and tools that
-    parse config.json themselves look for."""
+    parse config.json themselves look for, and EXPORT_MARKER."""
     values = config.to_diff_dict()  # what config.save_pretrained writes
     values.update(
-        rope_theta=values["rope_parameters"]["rope_theta"], torch_dtype=values["dtype"]
+        rope_theta=values["rope_parameters"]["rope_theta"],
+        torch_dtype=values["dtype"],
+        **{EXPORT_MARKER: "qwen_minimal"},
     )
     if "num_local_experts" in values:
         values["num_experts"] = values["num_local_experts"]
