@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, MissingInputError
+from .errors import InputError, MissingInputError, check_field_types
 from .model.config import ModelConfig
 from .model.decoder import QwenLM
 from .model.rope import RotaryEmbedding
@@ -120,6 +120,7 @@ def config_from_transformers(hf_config) -> ModelConfig:
             norm_topk_prob=_field(hf_config, "norm_topk_prob"),
             router_aux_loss_coef=_field(hf_config, "router_aux_loss_coef"),
         )
+    check_field_types(ModelConfig, fields)  # (a missing one is None)
     # transformers trains with the joint loss, and its routers have no selection bias.
     return ModelConfig(**fields, load_balancing="joint")
 
@@ -444,8 +445,16 @@ def load_pretrained(
             f"{folder / 'config.json'} not found: pass a checkpoint folder holding "
             f"config.json and *.safetensors"
         )
-    hf_config = json.loads((folder / "config.json").read_text())
-    config = config_from_transformers(hf_config)
+    file = folder / "config.json"
+    try:
+        config = config_from_transformers(json.loads(file.read_text()))
+    # ValueError: not JSON (or InputError); TypeError, AttributeError: a value of
+    # another type than transformers writes (a dict that is a list, ...)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(
+            f"{file} is not a usable Qwen3 config ({e}): put back the checkpoint's "
+            "own config.json"
+        ) from None
     if max_seq_len is not None:
         config.max_seq_len = max_seq_len
     shards = sorted(folder.glob("*.safetensors"))

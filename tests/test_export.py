@@ -369,3 +369,26 @@ def test_an_unwritable_destination_is_one_line(run, tmp_path, capsys):
     line = err.strip().splitlines()[-1]  # after the warning that it has no tokenizer
     assert code == 2 and line.startswith(f"error: cannot write {tmp_path / 'file'}: ")
     assert line.endswith(": choose another --out")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda text: text[: len(text) // 2], "line "),  # cut short: not JSON
+        (lambda text: json.dumps({**json.loads(text), "hidden_size": "64"}), "64'"),
+        (
+            lambda text: json.dumps(
+                {k: v for k, v in json.loads(text).items() if k != "num_hidden_layers"}
+            ),
+            "num_layers=None should be int",
+        ),
+    ],
+    ids=["bad JSON", "a string for a number", "a missing setting"],
+)
+def test_load_pretrained_names_a_bad_config_json(change, message, tmp_path):
+    save_pretrained(random_model(), tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(change(config.read_text()))
+    with pytest.raises(InputError, match=f"{config} is not a usable Qwen3 config") as e:
+        load_pretrained(tmp_path)
+    assert message in str(e.value) and "\n" not in str(e.value)
