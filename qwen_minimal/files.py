@@ -68,5 +68,7 @@ def cannot_write(
     (or `path`), the cause and what to do, e.g. `cannot write runs/x/checkpoint.tmp: No
     space left on device (errno 28): free space, or choose another --out_dir`."""
     cause = f"{error.strerror} (errno {error.errno})" if error.strerror else str(error)
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):
+        cause += ", a file where a folder is needed"
     remedy = f"free space, or {elsewhere}" if error.errno in OUT_OF_SPACE else elsewhere
     return InputError(f"cannot write {error.filename or path}: {cause}: {remedy}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, MissingInputError
+from .errors import InputError, MissingInputError, check_field_types
 from .model.config import ModelConfig
 from .model.decoder import QwenLM
 from .model.rope import RotaryEmbedding
@@ -197,6 +197,7 @@ def config_from_transformers(hf_config) -> ModelConfig:
                 )
             },
         )
+    check_field_types(ModelConfig, fields)  # (a missing one is None)
     # transformers trains with the joint loss, and its routers have no selection bias.
     return ModelConfig(**fields, load_balancing="joint")
 
@@ -578,13 +579,21 @@ def to_transformers(model: QwenLM):
     return hf.eval()
 
 
+# A key of the config.json that save_pretrained writes: a folder holding it is an
+# export, which a later export may replace (transformers keeps unknown keys as
+# attributes of the config, harmlessly).
+EXPORT_MARKER = "exported_by"
+
+
 def _config_json(config) -> str:
     """config.json as transformers 5 writes it, plus the names the released Qwen3 files
     use (num_experts, rope_theta, torch_dtype), which transformers 4 and tools that
-    parse config.json themselves look for."""
+    parse config.json themselves look for, and EXPORT_MARKER."""
     values = config.to_diff_dict()  # what config.save_pretrained writes
     values.update(
-        rope_theta=values["rope_parameters"]["rope_theta"], torch_dtype=values["dtype"]
+        rope_theta=values["rope_parameters"]["rope_theta"],
+        torch_dtype=values["dtype"],
+        **{EXPORT_MARKER: "qwen_minimal"},
     )
     if "num_local_experts" in values:
         values["num_experts"] = values["num_local_experts"]
@@ -671,8 +680,16 @@ def load_pretrained(
             f"{folder / 'config.json'} not found: pass a checkpoint folder holding "
             f"config.json and *.safetensors"
         )
-    hf_config = json.loads((folder / "config.json").read_text())
-    config = config_from_transformers(hf_config)
+    file = folder / "config.json"
+    try:
+        config = config_from_transformers(json.loads(file.read_text()))
+    # ValueError: not JSON (or InputError); TypeError, AttributeError: a value of
+    # another type than transformers writes (a dict that is a list, ...)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(
+            f"{file} is not a usable Qwen3 config ({e}): put back the checkpoint's "
+            "own config.json"
+        ) from None
     if max_seq_len is not None:
         config.max_seq_len = max_seq_len
     shards = sorted(folder.glob("*.safetensors"))

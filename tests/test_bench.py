@@ -148,10 +148,17 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
     for argv, message in (
         (["--new_tokens", "1"], "new_tokens must be at least 2"),
         (["--new_tokens", "500"], "max_seq_len=128"),
+        (["--threads", "0"], "threads must be at least 1, got 0"),
+        # refused before the benchmark, not after minutes of it
+        (
+            ["--new_tokens", "8", "--out_dir", str(tmp_path / "file")],
+            "a file where a folder is needed",
+        ),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            main(["--shape", "tiny", *argv, "--out_dir", str(tmp_path)])
+            main(["--shape", "tiny", "--out_dir", str(tmp_path), *argv])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -99,6 +99,18 @@ def impossible_model(file):
     file.write_text(json.dumps(config))
 
 
+def mistyped_setting(file):
+    config = json.loads(file.read_text())
+    config["model"]["hidden_size"] = str(config["model"]["hidden_size"])
+    file.write_text(json.dumps(config))
+
+
+def missing_setting(file):
+    config = json.loads(file.read_text())
+    del config["model"]["num_heads"]  # its default, 16, does not fit the weights
+    file.write_text(json.dumps(config))
+
+
 DAMAGES = {  # id: (file, how it is damaged, what the message says the problem is)
     "truncated weights": (
         checkpoint.WEIGHTS,
@@ -125,6 +137,16 @@ DAMAGES = {  # id: (file, how it is damaged, what the message says the problem i
         checkpoint.CONFIG,
         impossible_model,
         "hidden_size must be at least 1",
+    ),
+    "a model setting of the wrong type": (
+        checkpoint.CONFIG,
+        mistyped_setting,
+        "hidden_size='32' should be int",
+    ),
+    "a missing model setting": (
+        checkpoint.CONFIG,
+        missing_setting,
+        "it lacks the model settings ['num_heads'], whose defaults do not fit",
     ),
 }
 TOOLS = {  # the command line of each tool for a run folder

@@ -5,6 +5,7 @@ offline demo fallback works. Runs offline, on the corpus and tokenizer of the fi
 them, else a WikiText-format corpus and a byte-level BPE made from Python's help text.
 """
 
+import shutil
 import time
 from pathlib import Path
 
@@ -241,6 +242,43 @@ def test_bad_input_fails_fast_with_a_clear_error(tmp_path, tok):
         MissingInputError,
         "no tokenizer files",
         lambda: load_tokenizer(tmp_path / "empty"),
+    )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            b"caf\xe9 au lait\nsecond line\n",
+            r"is not UTF-8 text \(byte 0xe9 at offset 3\)",
+        ),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "is not UTF-8 text"),
+        (b"line one\n\0\0\0\nline two\n", "holds NUL bytes at offset 9"),
+    ],
+    ids=["latin-1", "binary", "NUL bytes"],
+)
+def test_a_data_file_that_is_not_utf8_text_is_named(tmp_path, tok, content, message):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_bytes(content)
+    fails_fast(
+        InputError,
+        f"{tmp_path / 'data' / 'notes.txt'} {message}",
+        lambda: load_corpus(tmp_path / "data", tok, cache_dir=tmp_path / "cache"),
+    )
+
+
+def test_a_damaged_tokenizer_file_is_named(tmp_path, tokenizer_folder):
+    shutil.copytree(tokenizer_folder, tmp_path / "tok")
+    damaged = next(
+        tmp_path / "tok" / name
+        for name in ("tokenizer.json", "vocab.json")
+        if (tmp_path / "tok" / name).exists()
+    )
+    damaged.write_text('{"a": 0, ')
+    fails_fast(
+        InputError,
+        f"the tokenizer in {tmp_path / 'tok'} cannot be read",
+        lambda: load_tokenizer(tmp_path / "tok"),
     )
 
 

@@ -1,9 +1,10 @@
 """Training across processes on CPU (gloo, 2 processes): the expert-parallel MoE layer
 equals the local one, outputs and gradients, and sends one row per remote assignment;
 torchrun trains with DDP, FSDP and expert parallelism on the one-process loss curve,
-resumes on any number of processes, stops cleanly on Ctrl-C, and stops within seconds
-when a process fails. Every multi-process check runs under a time limit, so that a hang
-fails the test instead of blocking the suite."""
+resumes on any number of processes, stops cleanly on Ctrl-C or SIGTERM (holding its
+folder until then), and stops within seconds when a process fails. Every multi-process
+check runs under a time limit, so that a hang fails the test instead of blocking the
+suite."""
 
 import os
 import signal
@@ -412,7 +413,14 @@ def test_a_rank_that_fails_stops_the_run_within_seconds(tmp_path):
 
 
 @pytest.mark.usefixtures("offline_data")
-def test_ctrl_c_stops_every_process_at_one_step_with_one_checkpoint(tmp_path):
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"]
+)
+def test_a_signal_stops_every_process_at_one_step_with_one_checkpoint(
+    tmp_path, stop, capsys
+):
+    """Ctrl-C in the terminal, or SIGTERM from a scheduler, to torchrun, which passes it
+    on to every process; while the run goes on, its folder is refused to another."""
     run = tmp_path / "run"
     proc = torchrun(
         [
@@ -432,8 +440,12 @@ def test_ctrl_c_stops_every_process_at_one_step_with_one_checkpoint(tmp_path):
     while not (metrics.exists() and '"train"' in metrics.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, finish(proc)
         time.sleep(0.2)
-    # what Ctrl-C in the terminal does: torchrun passes it on to every process
-    proc.send_signal(signal.SIGINT)
+    # rank 0 holds the folder for both processes
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out_dir", str(run), *CLI, "--max_steps=2"])
+    assert exit_info.value.code == 2
+    assert f"{run} is in use by another training" in capsys.readouterr().err
+    proc.send_signal(stop)
     stdout, stderr = finish(proc, timeout=60)
     # Both processes stop after the same step (else the one saving would wait for the
     # other forever) and rank 0 saves; torchrun itself then exits with 1 (it re-raises
@@ -441,6 +453,6 @@ def test_ctrl_c_stops_every_process_at_one_step_with_one_checkpoint(tmp_path):
     assert stderr.count("Interrupted at step") == 1, stderr[-3000:]
     step = checkpoint.read_config(run)["step"]
     assert f"Interrupted at step {step}:" in stderr and 0 < step < 1000
-    assert proc.returncode != 0
+    assert proc.returncode == 1, proc.returncode
     main(["--out_dir", str(run), "--resume", f"--stop_at={step + 1}"])  # and it resumes
     assert checkpoint.read_config(run)["step"] == step + 1

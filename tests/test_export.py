@@ -25,6 +25,7 @@ from qwen_minimal import (
 from qwen_minimal.cli.export import main
 from qwen_minimal.data import load_tokenizer
 from qwen_minimal.errors import InputError
+from qwen_minimal.interop import EXPORT_MARKER
 from qwen_minimal.training import checkpoint
 
 SHAPES = {  # head_dim differs from hidden / heads in all of them
@@ -148,6 +149,7 @@ def test_folder_is_what_transformers_writes_with_hub_expert_names(tmp_path):
         "rope_theta": 1_000_000.0,
         "num_experts": 3,
         "torch_dtype": "float32",
+        EXPORT_MARKER: "qwen_minimal",
     }
     assert config["model_type"] == "qwen3_moe" and config["architectures"] == [
         "Qwen3MoeForCausalLM"
@@ -311,3 +313,82 @@ def test_cli_bad_input_fails_in_one_line(bad, message, tmp_path, capsys, monkeyp
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A training run's folder: its checkpoint (a random model) and metrics log."""
+    out = tmp_path / "run"
+    checkpoint.save_checkpoint(out, random_model())
+    (out / "metrics.jsonl").write_text("")
+    return out
+
+
+def export(run, out, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `export --checkpoint run --out out`, in-process."""
+    try:
+        main(["--checkpoint", str(run), "--out", str(out)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inside", [".", "checkpoint", "checkpoint/sub"])
+def test_an_export_into_the_run_is_refused_and_the_run_kept(run, inside, capsys):
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = export(run, run / inside, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the training run {run.resolve()}, which the export would overwrite" in err
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert export(run, run / "hf", capsys)[0] == 0  # beside the checkpoint is fine
+
+
+def test_a_folder_of_other_files_is_refused_and_an_earlier_export_replaced(
+    run, tmp_path, capsys
+):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    code, err = export(run, notes, capsys)
+    assert code == 2 and "choose an empty folder or an earlier export" in err
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]
+    assert export(run, tmp_path / "hf", capsys)[0] == 0
+    assert export(run, tmp_path / "hf", capsys)[0] == 0  # again, over the first
+    # one made before exports were marked: known from its files
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config[EXPORT_MARKER]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert export(run, tmp_path / "hf", capsys)[0] == 0
+    assert EXPORT_MARKER in json.loads((tmp_path / "hf" / "config.json").read_text())
+
+
+def test_an_unwritable_destination_is_one_line(run, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code, err = export(run, tmp_path / "file", capsys)
+    line = err.strip().splitlines()[-1]  # after the warning that it has no tokenizer
+    assert code == 2 and line.startswith(f"error: cannot write {tmp_path / 'file'}: ")
+    assert line.endswith(": choose another --out")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda text: text[: len(text) // 2], "line "),  # cut short: not JSON
+        (lambda text: json.dumps({**json.loads(text), "hidden_size": "64"}), "64'"),
+        (
+            lambda text: json.dumps(
+                {k: v for k, v in json.loads(text).items() if k != "num_hidden_layers"}
+            ),
+            "num_layers=None should be int",
+        ),
+    ],
+    ids=["bad JSON", "a string for a number", "a missing setting"],
+)
+def test_load_pretrained_names_a_bad_config_json(change, message, tmp_path):
+    save_pretrained(random_model(), tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(change(config.read_text()))
+    with pytest.raises(InputError, match=f"{config} is not a usable Qwen3 config") as e:
+        load_pretrained(tmp_path)
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -115,3 +115,21 @@ def test_missing_checkpoint_fails_fast_and_clearly(tmp_path, capsys):
         main(["--checkpoint", str(tmp_path / "no-such-run")])
     assert exit_info.value.code == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # a prompt in Latin-1, as Python hands on a command-line argument not in UTF-8
+        (["--prompt", b"caf\xe9".decode("utf-8", "surrogateescape")], "not UTF-8"),
+        (["--temperature", "nan"], "temperature=nan must be a finite number >= 0"),
+        (["--top_p", "1.5"], r"top_p=1.5 must be in (0, 1]"),
+    ],
+)
+def test_bad_generation_input_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--max_new_tokens", "2"])
+    err = (
+        capsys.readouterr().err.strip().splitlines()[-1]
+    )  # after the random-model note
+    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from qwen_minimal import ModelConfig, QwenLM
+from qwen_minimal.errors import InputError
 from qwen_minimal.model.sampling import filter_logits, greedy_token, sample_next_token
 
 
@@ -66,3 +68,53 @@ def test_sampling_is_seeded_and_follows_the_distribution():
 def test_bad_sampling_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sample_next_token(torch.zeros(1, 5), **kwargs)
+
+
+TINY = ModelConfig(
+    vocab_size=11,
+    hidden_size=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+    max_seq_len=16,
+    num_experts=2,
+    num_experts_per_tok=1,
+    expert_intermediate_size=8,
+)
+IDS = torch.tensor([[1, 2, 3]])
+
+
+@pytest.mark.parametrize(
+    "input_ids, kwargs, message",
+    [
+        (torch.tensor([[1, 11]]), {}, "token id 11, outside the model's vocabulary"),
+        (torch.tensor([[-1, 2]]), {}, "token id -1, outside"),
+        (torch.zeros(2, 0, dtype=torch.long), {}, "the prompt is empty"),
+        (torch.tensor([1, 2]), {}, r"must be a \[batch, length\] tensor"),
+        ([[1, 2]], {}, r"must be a \[batch, length\] tensor"),
+        (torch.tensor([[1.0, 2.0]]), {}, "must hold integer token ids"),
+        (IDS, dict(max_new_tokens=-1), "max_new_tokens=-1 must be at least 0"),
+        (IDS, dict(temperature=float("nan")), "temperature=nan must be a finite"),
+        (IDS, dict(temperature=float("inf")), "temperature=inf must be a finite"),
+        (IDS, dict(temperature=-0.5), "temperature=-0.5 must be a finite"),
+        (IDS, dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+        (IDS, dict(top_p=float("nan")), r"top_p=nan must be in \(0, 1\]"),
+        (IDS, dict(top_k=0), "top_k=0 must be at least 1"),
+    ],
+)
+def test_generate_refuses_bad_input_in_one_line_before_any_token(
+    input_ids, kwargs, message
+):
+    model = QwenLM(TINY).eval()
+    tokens = []
+    with pytest.raises(InputError, match=message) as error:
+        model.generate(
+            input_ids, **{"max_new_tokens": 2, **kwargs}, on_token=tokens.append
+        )
+    assert "\n" not in str(error.value) and not tokens
+
+
+def test_a_prompt_of_the_whole_vocabulary_and_no_new_tokens_is_fine():
+    ids = torch.arange(TINY.vocab_size)[None]
+    assert torch.equal(QwenLM(TINY).generate(ids, 0), ids)

@@ -21,6 +21,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 
 from ..devices import resolve_device, synchronize
 from ..errors import InputError, check_at_least
+from ..files import cannot_write
 from ..interop import same_weights_pair
 from ..model.config import ModelConfig
 from ..model.kv_cache import KVCache
@@ -596,7 +598,7 @@ def run(
         train_batch=train_batch,
         train_steps=train_steps,
         warmup=warmup,
-        threads=threads or 1,
+        threads=1 if threads is None else threads,
     )
     # latencies are gaps between tokens
     check_at_least(2, train_seq=train_seq, new_tokens=new_tokens)
@@ -606,6 +608,13 @@ def run(
             "new_tokens and "
             f"train_seq must fit in it"
         )
+    if out_dir is not None:  # before minutes of measuring, not after
+        out_dir = Path(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=out_dir).close()
+        except OSError as e:
+            raise cannot_write(out_dir, e) from None
     # generate's notes about unset pad tokens and the like
     transformers.logging.set_verbosity_error()
     if threads is not None:
@@ -653,8 +662,6 @@ def run(
         load_average_end=load_average(),
     )
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         threads = f"{result['threads']} thread" + ("s" if result["threads"] > 1 else "")
         compiled = ", qwen_minimal's steps compiled" if compile else ""
         fig = plot_latency(
@@ -662,9 +669,13 @@ def run(
             f"Per-token latency of greedy decoding\n{shape}, {device.type}, {dtype}, "
             f"{threads}, median of {repeats} runs{compiled}",
         )
-        fig.savefig(out_dir / "per_token_times.png", dpi=120)
-        plt.close(fig)
-        (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+        try:
+            fig.savefig(out_dir / "per_token_times.png", dpi=120)
+            (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+        except OSError as e:  # a full disk
+            raise cannot_write(out_dir, e) from None
+        finally:
+            plt.close(fig)
     return result
 
 

@@ -15,15 +15,36 @@ bias-balanced router) is refused with an InputError.
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import re
 import sys
+from pathlib import Path
 
 import torch
 
-from ..interop import save_pretrained
+from ..errors import InputError
+from ..files import cannot_write
+from ..interop import EXPORT_MARKER, save_pretrained
 from ..training import checkpoint
+from ..training.loop import LOCK_FILE, METRICS_FILE
 from .options import exit_on_input_error
 
+# What an export writes (weights, their index, configs, the tokenizer's files): a
+# folder holding nothing else is an export, made before exports carried EXPORT_MARKER.
+EXPORT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -77,9 +98,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a training run's output folder."""
+    return any(
+        (folder / name).exists()
+        for name in (checkpoint.CHECKPOINT_DIR, METRICS_FILE, LOCK_FILE)
+    )
+
+
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds an earlier export: a config.json with EXPORT_MARKER, or
+    a config.json and weights among only the files an export writes."""
+    try:
+        if EXPORT_MARKER in json.loads((folder / "config.json").read_text()):
+            return True
+    except (OSError, ValueError, TypeError):  # none, or not ours: look at the names
+        pass
+    names = [p.name for p in folder.iterdir()]
+    return (
+        "config.json" in names
+        and any(fnmatch.fnmatch(name, "model*.safetensors") for name in names)
+        and all(
+            any(fnmatch.fnmatch(name, pattern) for pattern in EXPORT_FILES)
+            for name in names
+        )
+    )
+
+
+def check_destination(out: Path) -> None:
+    """InputError unless `out` may receive an export: not a training run's folder, nor
+    its checkpoint or anything inside that (the export's config.json and weights would
+    replace the run's), and either empty or an earlier export, which it replaces."""
+    out = out.expanduser().resolve()
+    for run in (out, *out.parents):
+        inside = out.relative_to(run).parts
+        if is_run_folder(run) and (
+            not inside or inside[0].startswith(checkpoint.CHECKPOINT_DIR)
+        ):
+            raise InputError(
+                f"--out {out} is {'inside ' if inside else ''}the training run "
+                f"{run}, which the export would overwrite: choose a folder outside "
+                f"it, e.g. {run.parent / (run.name + '-hf')}"
+            )
+    if out.is_dir() and any(out.iterdir()) and not is_export(out):
+        raise InputError(
+            f"--out {out} holds files that are not an export, which the export "
+            "would mix with: choose an empty folder or an earlier export"
+        )
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    check_destination(Path(args.out))
     model, tokenizer = (
         checkpoint.load_model(args.checkpoint),
         checkpoint.saved_tokenizer(args.checkpoint),
@@ -91,9 +162,12 @@ def main(argv: list[str] | None = None) -> None:
             f"folder has none either: AutoTokenizer.from_pretrained will not load it",
             file=sys.stderr,
         )
-    folder = save_pretrained(
-        model, args.out, tokenizer, DTYPES[args.dtype], args.max_shard_size
-    )
+    try:
+        folder = save_pretrained(
+            model, args.out, tokenizer, DTYPES[args.dtype], args.max_shard_size
+        )
+    except OSError as e:  # a read-only folder, a file in the way, a full disk
+        raise cannot_write(args.out, e, "choose another --out") from None
     for file in sorted(folder.iterdir()):
         print(f"{file.stat().st_size:>14,} bytes  {file}")
     print(

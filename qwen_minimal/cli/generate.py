@@ -36,6 +36,14 @@ def generate_text(
 ) -> list[str]:
     """num_samples continuations of `prompt` (prompt included), decoded to text. An
     empty prompt starts from the tokenizer's end-of-text token, if it has one."""
+    try:
+        prompt.encode("utf-8")
+    # a lone surrogate: how Python hands on a command-line argument that was not UTF-8
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"the prompt is not UTF-8 text ({e.reason} at character {e.start}): "
+            "give it in UTF-8 (check the terminal's encoding, e.g. LANG=C.UTF-8)"
+        ) from None
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     if not ids:
         if tokenizer.eos_token_id is None:

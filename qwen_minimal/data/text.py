@@ -62,12 +62,27 @@ def _file_split(role: str, files: list[Path]) -> TextSplit:
     return TextSplit(
         json.dumps([role, identity]),
         " + ".join(p.name for p in files),
-        lambda: [
-            line
-            for p in files
-            for line in p.read_text(encoding="utf-8").splitlines(True)
-        ],
+        lambda: [line for p in files for line in read_text(p).splitlines(True)],
     )
+
+
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file; InputError naming it if it is binary or in another
+    encoding."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}): convert it to UTF-8 (e.g. iconv -t utf-8), or remove it "
+            "from the data folder"
+        ) from None
+    if "\0" in text:  # valid UTF-8 all the same: an image, an archive, a database
+        raise InputError(
+            f"{path} holds NUL bytes at offset {text.index(chr(0))}, so it is a binary "
+            "file, not text: remove it from the data folder"
+        )
+    return text
 
 
 def holdout_splits(whole: TextSplit) -> tuple[TextSplit, TextSplit]:

@@ -83,15 +83,27 @@ def local_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
         )
     names = {p.name for p in folder.iterdir()}
     if names & {"tokenizer.json", "tokenizer_config.json"}:
-        return AutoTokenizer.from_pretrained(folder)
-    if {"vocab.json", "merges.txt"} <= names:
+        load = AutoTokenizer.from_pretrained
+    elif {"vocab.json", "merges.txt"} <= names:
         # Bare GPT-2 files: AutoTokenizer cannot tell which class they belong to, so we
         # say it.
-        return GPT2TokenizerFast.from_pretrained(folder)
-    raise MissingInputError(
-        f"no tokenizer files in {folder}: expected tokenizer.json, or vocab.json + "
-        f"merges.txt (GPT-2). Point $QWEN_MINIMAL_TOKENIZER at such a folder"
-    )
+        load = GPT2TokenizerFast.from_pretrained
+    else:
+        raise MissingInputError(
+            f"no tokenizer files in {folder}: expected tokenizer.json, or vocab.json + "
+            f"merges.txt (GPT-2). Point $QWEN_MINIMAL_TOKENIZER at such a folder"
+        )
+    try:
+        return load(folder)
+    # The tokenizers library reports a damaged file as a bare Exception ("Error while
+    # initializing BPE: EOF while parsing a value at line 1 column 9").
+    except Exception as e:
+        raise InputError(
+            f"the tokenizer in {folder} cannot be read "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}): a file "
+            "there is damaged or not a tokenizer's; put back good copies, or point "
+            "$QWEN_MINIMAL_TOKENIZER at another folder"
+        ) from None
 
 
 def _hub_tokenizer(name: str, required: bool) -> PreTrainedTokenizerFast | None:

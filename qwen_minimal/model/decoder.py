@@ -19,7 +19,7 @@ from .loss import cross_entropy
 from .moe import MoE, Routing
 from .rmsnorm import RMSNorm
 from .rope import RotaryEmbedding
-from .sampling import sample_next_token
+from .sampling import check_prompt, sampler
 
 
 @dataclass
@@ -241,13 +241,18 @@ class QwenLM(nn.Module):
         """Prompt [B, T] -> prompt followed by up to max_new_tokens tokens.
         temperature=0 is greedy.
 
+        The B prompts of a batch share one length T: there is no padding, so prompts of
+        different lengths are generated separately (one call each).
+
         A row that produced eos_token_id keeps emitting it; generation stops once every
         row has. compile=True runs the one-token steps after the prompt through
         torch.compile (needs use_cache). on_token, if given, is called with each new
         token [B, 1] as soon as it is chosen (to stream or time).
         """
+        check_prompt(input_ids, self.config.vocab_size, max_new_tokens)
         if seed is not None:
             generator = torch.Generator(input_ids.device).manual_seed(seed)
+        sample = sampler(temperature, top_k, top_p, generator)
         B, T = input_ids.shape
         total = T + max_new_tokens
         if total > self.config.max_seq_len:
@@ -279,7 +284,7 @@ class QwenLM(nn.Module):
                     logits = self.next_token_logits(input_ids, cache)
                 else:  # then only the newest token, reading the rest from the cache
                     logits = decoding_step(token, cache)
-                token = sample_next_token(logits, temperature, top_k, top_p, generator)
+                token = sample(logits)
                 if eos_token_id is not None:
                     token = token.masked_fill(finished[:, None], eos_token_id)
                     finished |= token[:, 0] == eos_token_id

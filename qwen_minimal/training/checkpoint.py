@@ -21,6 +21,7 @@ saved before the checksums were recorded load unchecked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -33,7 +34,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from ..errors import InputError, MissingInputError
+from ..errors import InputError, MissingInputError, check_field_types
 from ..files import cannot_write, file_sha256
 from ..model.config import ModelConfig
 from ..model.decoder import QwenLM
@@ -214,8 +215,8 @@ def read_config(path: str | Path) -> dict:
             'or null, and "sha256" checksums if any',
         )
     try:
+        check_field_types(ModelConfig, config["model"])
         ModelConfig.from_dict(config["model"])
-    # TypeError: a value of the wrong type, e.g. "hidden_size": "32"
     except (InputError, TypeError) as e:
         raise _damaged(file, f"its model settings are invalid: {e}") from None
     return config
@@ -241,13 +242,40 @@ def _check_weights_file(file: Path) -> None:
     the header says (safe_open checks both without reading the tensors) and its bytes
     are the ones saved."""
     try:
-        with safetensors.safe_open(str(file), framework="pt"):
-            pass
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
     except safetensors.SafetensorError as e:
         raise _damaged(file, f"not a readable safetensors file: {e}") from None
     problem = _checksum_differs(file)
     if problem:
         raise _damaged(file, problem)
+    with torch.device("meta"):  # shapes only, no memory
+        model = QwenLM(model_config(file.parent))
+    for name, tensor in model.state_dict().items():
+        if name in shapes and shapes[name] != list(tensor.shape):
+            raise _misfit(
+                file,
+                f"{name} is {shapes[name]} there, {list(tensor.shape)} in the model",
+            )
+
+
+def _misfit(file: Path, detail: str) -> InputError:
+    """The weights in `file` do not fit the model of config.json: config.json is to
+    blame if it lacks model settings (their defaults stood in for them), else the
+    weights."""
+    config = file.parent / CONFIG
+    lacking = sorted(
+        {f.name for f in dataclasses.fields(ModelConfig)}
+        - set(read_config(file.parent)["model"])
+    )
+    if lacking:
+        return _damaged(
+            config,
+            f"it lacks the model settings {lacking}, whose defaults do not fit the "
+            f"weights in {WEIGHTS}",
+            f"put back a good copy of {CONFIG}",
+        )
+    return _damaged(file, f"its tensors do not fit the model of {CONFIG}: {detail}")
 
 
 def load_weights(model: QwenLM, path: str | Path) -> None:
@@ -261,9 +289,9 @@ def load_weights(model: QwenLM, path: str | Path) -> None:
             model, str(file), strict=False, device=str(device)
         )
     except RuntimeError as e:  # a tensor of another shape than config.json says
-        raise _damaged(
-            file, f"its tensors do not fit the model of {CONFIG}: {e}"
-        ) from None
+        # torch lists every mismatch on a line of its own: the first says enough
+        details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        raise _misfit(file, details[0] if details else _first_sentence(e)) from None
     if missing or unexpected:
         raise _damaged(
             file,

@@ -8,7 +8,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError, check_at_least, check_known_fields
+from ..errors import (
+    InputError,
+    check_at_least,
+    check_field_types,
+    check_known_fields,
+)
 from ..model.config import ModelConfig
 from . import checkpoint, distributed
 from .optim import BETAS, WEIGHT_DECAY
@@ -230,6 +235,7 @@ class TrainConfig:
         # the saved settings alone first, so that an error in them names the file and
         # not the options
         try:
+            check_field_types(cls, train_settings)
             cls.from_dict(
                 {**train_settings, "model": ModelConfig.from_dict(saved["model"])}
             )

@@ -181,6 +181,7 @@ class Run:
 
 
 LOCK_FILE = ".train.lock"
+METRICS_FILE = "metrics.jsonl"
 
 
 @contextmanager
@@ -272,7 +273,7 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     main = distributed.is_main()
     metrics = (
         monitoring.MetricsLog(
-            out_dir / "metrics.jsonl", keep_before=start if resume else None
+            out_dir / METRICS_FILE, keep_before=start if resume else None
         )
         if main
         else None
