@@ -88,6 +88,8 @@ def _dense_layers(hf_config, num_layers: int) -> list[int]:
     not a multiple of s."""
     step = _field(hf_config, "decoder_sparse_step", 1) or 1
     listed = set(_field(hf_config, "mlp_only_layers") or [])
+    if not isinstance(num_layers, int):  # ModelConfig says what is wrong with it
+        return sorted(listed)
     return sorted(listed | {i for i in range(num_layers) if (i + 1) % step})
 
 
