@@ -12,7 +12,9 @@ them, where GPT-2's tokenizer is not at hand.
 
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,16 @@ HOW_TO_GET_GPT2 = (
     "vocab.json and "
     "merges.txt, or let the tests reach the Hugging Face hub (unset HF_HUB_OFFLINE)"
 )
+
+
+def pytest_configure(config):
+    """One token cache for the whole test run, in a temporary folder, unless the caller
+    chose one ($QWEN_MINIMAL_CACHE, as .ci/run does): the tests never write into the
+    user's ~/.cache."""
+    if not os.environ.get("QWEN_MINIMAL_CACHE"):
+        folder = tempfile.mkdtemp(prefix="qwen-minimal-tests-")
+        os.environ["QWEN_MINIMAL_CACHE"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 def stand_in(variable: str) -> Path | None:

@@ -1,5 +1,6 @@
-"""Small random transformers Qwen3 / Qwen3-MoE models: the reference every parity test
-compares against."""
+"""What the tests share besides fixtures: the micro model every training test trains,
+and small random transformers models, the reference every parity test compares
+against."""
 
 import torch
 from transformers import (
@@ -7,6 +8,21 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
+)
+
+# A MoE small enough that a training step takes milliseconds: what the training,
+# checkpoint and fault tests train (with the cpu-tiny preset's other settings).
+MICRO_MODEL = dict(
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    num_experts=4,
+    num_experts_per_tok=2,
+    expert_intermediate_size=32,
+    max_seq_len=32,
 )
 
 

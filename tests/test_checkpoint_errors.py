@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import reference
 import torch
 
 from qwen_minimal import QwenLM
@@ -25,18 +26,7 @@ from qwen_minimal.training.optim import make_optimizer
 # the fixtures' corpus and tokenizer are the defaults
 pytestmark = pytest.mark.usefixtures("offline_data")
 
-MICRO_MODEL = dict(
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    num_experts=4,
-    num_experts_per_tok=2,
-    expert_intermediate_size=32,
-    max_seq_len=32,
-)
+MICRO_MODEL = dict(reference.MICRO_MODEL, num_layers=1)
 SECONDS_AFTER_START_UP = 2.0
 
 

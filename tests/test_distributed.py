@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import pytest
+import reference
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -221,19 +222,7 @@ def test_each_process_evaluates_its_rows_and_every_process_runs_every_batch(
 # takes milliseconds, so the time of these tests is the start-up of the processes.
 # global_batch balancing counts the experts' load over every micro-batch and process, so
 # the loss curve does not depend on the number of processes.
-MICRO_MODEL = dict(
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    num_experts=4,
-    num_experts_per_tok=2,
-    expert_intermediate_size=32,
-    max_seq_len=32,
-    load_balancing="global_batch",
-)
+MICRO_MODEL = dict(reference.MICRO_MODEL, load_balancing="global_batch")
 SETTINGS = dict(
     batch_size=8,
     grad_accum_steps=2,

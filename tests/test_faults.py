@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import reference
 
 from qwen_minimal.cli.train import main
 from qwen_minimal.errors import InputError
@@ -20,18 +21,7 @@ from qwen_minimal.training import TrainConfig, checkpoint, loop, monitoring
 
 pytestmark = pytest.mark.usefixtures("offline_data")
 
-MICRO_MODEL = dict(
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    num_experts=4,
-    num_experts_per_tok=2,
-    expert_intermediate_size=32,
-    max_seq_len=32,
-)
+MICRO_MODEL = dict(reference.MICRO_MODEL, num_layers=1)
 MICRO_CLI = [
     "--preset",
     "cpu-tiny",

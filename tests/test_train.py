@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from reference import MICRO_MODEL
 
 from qwen_minimal import ModelConfig, QwenLM
 from qwen_minimal.cli.train import main
@@ -23,18 +24,6 @@ from qwen_minimal.training.optim import make_optimizer, one_cycle_lr
 
 # A model small enough that a step takes milliseconds; the vocabulary still dominates
 # its cost.
-MICRO_MODEL = dict(
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-    num_experts=4,
-    num_experts_per_tok=2,
-    expert_intermediate_size=32,
-    max_seq_len=32,
-)
 MICRO_CLI = [f"--model.{k}={v}" for k, v in MICRO_MODEL.items()]
 
 # the fixtures' corpus and tokenizer are the defaults
