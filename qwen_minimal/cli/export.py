@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from ..interop import save_pretrained
+from ..interop import llama_cpp_caveats, save_pretrained, tokenizer_mismatch
 from ..training import checkpoint
 from .options import exit_on_input_error
 
@@ -96,6 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     for file in sorted(folder.iterdir()):
         print(f"{file.stat().st_size:>14,} bytes  {file}")
+    mismatch = tokenizer is not None and tokenizer_mismatch(folder, tokenizer)
+    if mismatch:
+        print(f"# WARNING: {mismatch}", file=sys.stderr)
+    caveats = llama_cpp_caveats(model.config)
+    if caveats:
+        print(
+            f"# WARNING: llama.cpp will not honour {'; '.join(caveats)}",
+            file=sys.stderr,
+        )
     print(
         "# load it with "
         f"transformers.AutoModelForCausalLM.from_pretrained({str(folder)!r})",
