@@ -704,3 +704,60 @@ def load_pretrained(
     for shard in shards:
         state.update(load_file(shard))
     return _build(config, convert_state_dict(state, config), dtype)
+
+
+# Words, numbers and punctuation, where byte-level BPE tokenizers differ most: GPT-2
+# keeps a run of digits together, Qwen's tokenizers split every digit off.
+TOKENIZER_CHECK_TEXT = (
+    "In 1987, 12,345 people paid $3.50 each; it's 2024-01-02 at 9:30."
+)
+
+
+def tokenizer_mismatch(folder: str | Path, tokenizer) -> str | None:
+    """None if AutoTokenizer.from_pretrained(folder) tokenizes TOKENIZER_CHECK_TEXT as
+    `tokenizer` does, else why not, in one line. transformers does not always obey the
+    folder's tokenizer_config.json: for some model types (qwen3_5_moe_text among them)
+    it builds its own tokenizer class from the saved vocabulary and merges, with that
+    class's pre-tokenizer."""
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(folder)
+    if loaded.encode(TOKENIZER_CHECK_TEXT) == tokenizer.encode(TOKENIZER_CHECK_TEXT):
+        return None
+    return (
+        f"AutoTokenizer.from_pretrained loads this folder's tokenizer as "
+        f"{type(loaded).__name__}, which tokenizes text differently from the "
+        f"training tokenizer {type(tokenizer).__name__} (e.g. numbers): load it "
+        "with transformers.PreTrainedTokenizerFast.from_pretrained(folder) instead; "
+        "tools that call AutoTokenizer (llama.cpp's converter) get the wrong one"
+    )
+
+
+def llama_cpp_caveats(config: ModelConfig) -> list[str]:
+    """The settings of `config` that llama.cpp's Qwen3 / Qwen3-Next / Qwen3.5 graphs
+    compute otherwise, or cannot load: their models would convert, or fail to, but not
+    compute this model's function."""
+    caveats = []
+    if config.use_moe and not config.norm_topk_prob:
+        caveats.append(
+            "norm_topk_prob=false (llama.cpp always renormalises the top-k weights)"
+        )
+    if (
+        config.linear_attention_layers
+        and config.linear_key_head_dim != config.linear_value_head_dim
+    ):
+        caveats.append(
+            f"linear_key_head_dim={config.linear_key_head_dim} != "
+            f"linear_value_head_dim={config.linear_value_head_dim} (llama.cpp's "
+            "Qwen3-Next takes both from one field)"
+        )
+    if (
+        config.architecture == "qwen3_next"
+        and config.use_moe
+        and config.mlp_only_layers
+    ):
+        caveats.append(
+            f"dense layers {config.mlp_only_layers} inside a Qwen3-Next MoE (llama.cpp "
+            "expects a router in every layer)"
+        )
+    return caveats

@@ -14,6 +14,7 @@ from qwen_minimal.interop import (
     same_weights_pair,
     transformers_config,
 )
+from qwen_minimal.model.kv_cache import kv_cache_bytes
 
 TINY = shape_config("tiny")
 MOE_ONLY_FIELDS = {
@@ -89,13 +90,16 @@ def test_same_weights_pair_trains_with_the_same_loss_and_gradients():
         )
 
 
-def test_cli_writes_json_and_plot(tmp_path, capsys):
+@pytest.mark.parametrize("shape", ["tiny", "tiny-hybrid"])
+def test_cli_writes_json_and_plot(tmp_path, capsys, shape):
     result = main(
         [
             "--shape",
-            "tiny",
+            shape,
             "--prompt_len",
             "4",
+            "--prefill_len",
+            "70",  # two Gated DeltaNet chunks of 64, the second one padded
             "--new_tokens",
             "6",
             "--repeats",
@@ -112,10 +116,32 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
             str(tmp_path),
         ]
     )
-    assert "qwen_minimal / transformers" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "qwen_minimal / transformers" in out and "cache per token" in out
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    decode, train = saved["decode"], saved["train"]
+    decode, train, prefill = saved["decode"], saved["train"], saved["prefill"]
+    assert prefill["prompt_len"] == 70 and prefill["first_token_match"]
+    for name in ("ours", "transformers"):
+        assert len(prefill[name]["tokens_per_s_runs"]) == result["repeats"]
+        assert prefill[name]["tokens_per_s"] > 0
+    # the cache's growth, measured on KVCache, is kv_cache_bytes' formula (fp32);
+    # only a hybrid holds Gated DeltaNet states beside it
+    config = shape_config(shape)
+    hybrid = bool(config.linear_attention_layers)
+    assert saved["cache"] == {
+        "this_shape": {
+            "bytes_per_token": kv_cache_bytes(config, 1, bytes_per_element=4),
+            "fixed_bytes": saved["cache"]["this_shape"]["fixed_bytes"],
+        },
+        "all_attention": {
+            "bytes_per_token": kv_cache_bytes(
+                dataclasses.replace(config, layer_types=None), 1, bytes_per_element=4
+            ),
+            "fixed_bytes": 0,
+        },
+    }
+    assert (saved["cache"]["this_shape"]["fixed_bytes"] > 0) == hybrid
     for name in ("ours_cache", "ours_no_cache", "transformers"):
         run = decode[name]
         assert len(run["per_token_latency_ms"]) == 5  # gaps between 6 tokens
@@ -142,7 +168,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
         "no_cache_latency_grows",
         "train_step_at_least_1.2x_transformers",
     }
-    assert saved["config"] == TINY.to_dict() and saved["memory_method"]
+    assert saved["config"] == config.to_dict() and saved["memory_method"]
     png = (tmp_path / "per_token_times.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
@@ -158,6 +184,8 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
             ["--new_tokens", "8", "--out_dir", str(tmp_path / "file")],
             "a file where a folder is needed",
         ),
+        (["--prefill_len", "128"], "prefill_len + 1"),
+        (["--prefill_len", "-1"], "prefill_len must be at least 0"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(["--shape", "tiny", "--out_dir", str(tmp_path), *argv])

@@ -12,16 +12,24 @@ import pytest
 import torch
 from reference import hf_hybrid
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from qwen_minimal import (
     InputError,
+    ModelConfig,
+    QwenLM,
     from_transformers,
     load_pretrained,
     save_pretrained,
     to_transformers,
 )
-from qwen_minimal.interop import config_from_transformers
+from qwen_minimal.data import load_tokenizer
+from qwen_minimal.interop import (
+    TOKENIZER_CHECK_TEXT,
+    config_from_transformers,
+    llama_cpp_caveats,
+    tokenizer_mismatch,
+)
 
 TOL = 1e-5
 # Per family: the default small shape (linear, attention, linear layers; 3 attention
@@ -212,3 +220,81 @@ def test_what_a_family_cannot_hold_is_refused(family, change, refusal, tmp_path)
     with pytest.raises(InputError, match=refusal):
         save_pretrained(ours, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+EXPORTED_CLASSES = {
+    "qwen3 (MoE)": None,
+    "qwen3 (dense)": None,
+    **{family: family for family in CLASS_NAMES},
+}
+
+
+@pytest.mark.parametrize("name", EXPORTED_CLASSES)
+def test_an_exported_tokenizer_loads_back_as_trained_or_the_export_says_why(
+    name, tokenizer_folder, tmp_path
+):
+    """For every class, the saved tokenizer read back tokenizes a text with numbers as
+    the training tokenizer: through AutoTokenizer, except where transformers swaps in
+    its own class for the model type (Qwen3.5-MoE: Qwen3_5Tokenizer, which splits every
+    digit off), and then tokenizer_mismatch, which the export prints, says so;
+    PreTrainedTokenizerFast reads the saved tokenizer.json as it is for every class."""
+    tokenizer = load_tokenizer(tokenizer_folder)
+    family = EXPORTED_CLASSES[name]
+    if family is None:
+        config = ModelConfig.preset(
+            "cpu-tiny",
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_layers=1,
+            use_moe="MoE" in name,
+        )
+        ours = QwenLM(config)
+    else:
+        ours = from_transformers(hf_hybrid(family, vocab=len(tokenizer)))
+    save_pretrained(ours, tmp_path, tokenizer)
+    text = TOKENIZER_CHECK_TEXT
+    expected = tokenizer.encode(text)
+    assert PreTrainedTokenizerFast.from_pretrained(tmp_path).encode(text) == expected
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    mismatch = tokenizer_mismatch(tmp_path, tokenizer)
+    assert (loaded.encode(text) == expected) == (mismatch is None)
+    if family == "qwen3_5_moe":
+        assert type(loaded).__name__ == "Qwen3_5Tokenizer"
+        # the GPT-2 vocabulary has tokens of several digits, which Qwen3_5Tokenizer
+        # never uses
+        multi_digit = any(
+            len(t.strip("Ġ")) > 1 and t.strip("Ġ").isdigit()
+            for t in tokenizer.convert_ids_to_tokens(expected)
+        )
+        assert (mismatch is not None) == multi_digit
+        assert mismatch is None or "Qwen3_5Tokenizer" in mismatch
+    else:
+        assert mismatch is None
+
+
+def test_the_settings_llama_cpp_does_not_honour_are_named():
+    hybrid = ModelConfig.preset("cpu-tiny-hybrid")
+    assert llama_cpp_caveats(hybrid) == []
+    caveats = llama_cpp_caveats(
+        dataclasses.replace(
+            hybrid, norm_topk_prob=False, linear_value_head_dim=16, mlp_only_layers=[0]
+        )
+    )
+    assert [c.split()[0] for c in caveats] == [
+        "norm_topk_prob=false",
+        "linear_key_head_dim=32",
+        "dense",
+    ]
+    # Qwen3.5's MoE may hold dense layers; a dense model has no top-k to renormalise
+    assert (
+        llama_cpp_caveats(
+            dataclasses.replace(hybrid, architecture="qwen3_5", mlp_only_layers=[0])
+        )
+        == []
+    )
+    assert (
+        llama_cpp_caveats(
+            dataclasses.replace(hybrid, use_moe=False, norm_topk_prob=False)
+        )
+        == []
+    )

@@ -1,13 +1,18 @@
 """Latency and throughput benchmark: `python -m qwen_minimal bench` (see --help).
 
-On one pair of models with the SAME random weights, a transformers Qwen3MoeForCausalLM
-and the qwen_minimal model converted from it, the benchmark measures
-  1. greedy decoding: the time of every generated token with and without the KV cache,
+On one pair of models with the SAME random weights, a transformers model
+(Qwen3MoeForCausalLM, or Qwen3NextForCausalLM for the hybrid shapes) and the
+qwen_minimal model converted from it, the benchmark measures
+  1. prefill: the time to read a long prompt (--prefill_len tokens) and choose the first
+     token, in tokens of prompt per second (in a hybrid, mostly the chunked Gated
+     DeltaNet), and whether both choose the same token;
+  2. greedy decoding: the time of every generated token with and without the KV cache,
      tokens/s of qwen_minimal's `generate` and of transformers' `generate`, and whether
      their tokens agree;
-  2. training: the time of one step (forward, backward, AdamW) of each model on the same
+  3. training: the time of one step (forward, backward, AdamW) of each model on the same
      batch;
-  3. peak memory of each phase.
+  4. peak memory of each phase, and the cache's bytes per token of context, beside
+     those of the same shape with every layer attending (Qwen3-MoE).
 It writes bench.json and per_token_times.png into --out_dir. Runs alternate between the
 two models so that both see the same machine load, and every figure is a median over
 repeats.
@@ -16,6 +21,7 @@ repeats.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -32,28 +38,44 @@ from ..errors import InputError, check_at_least
 from ..files import cannot_write
 from ..interop import same_weights_pair
 from ..model.config import ModelConfig
+from ..model.decoder import QwenLM
 from ..model.kv_cache import KVCache
 from ..training.optim import make_optimizer
 from .options import exit_on_input_error
 
-# Benchmark shapes: the cpu-tiny model preset with these changes. bench-small is the
-# shape of the speed targets: hidden 128, 4 layers, 8 experts top-2 256 wide, 4 query
-# heads in 2 KV groups of head_dim 32, with GPT-2's vocabulary and separate input and
-# output embeddings; tiny runs in seconds, for tests.
+# Benchmark shapes: (model preset, changes). bench-small is the shape of the speed
+# targets: hidden 128, 4 layers, 8 experts top-2 256 wide, 4 query heads in 2 KV groups
+# of head_dim 32, with GPT-2's vocabulary and separate input and output embeddings;
+# hybrid-small is the same as a Qwen3-Next hybrid (cpu-tiny-hybrid: 3 Gated DeltaNet
+# layers, then gated attention, a shared expert beside the routed ones). Their context
+# holds the default 1024-token prefill with room to spare. tiny and tiny-hybrid run in
+# seconds, for tests.
+SMALL = dict(vocab_size=50257, max_seq_len=2048, tie_embeddings=False)
+TINY = dict(
+    vocab_size=512,
+    hidden_size=32,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    num_experts=4,
+    expert_intermediate_size=32,
+    tie_embeddings=False,
+)
+TINY_HYBRID = dict(
+    TINY,
+    linear_num_key_heads=1,
+    linear_num_value_heads=2,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    shared_expert_intermediate_size=32,
+)
 SHAPES = {
-    "bench-small": dict(vocab_size=50257, max_seq_len=512, tie_embeddings=False),
-    "tiny": dict(
-        vocab_size=512,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        num_experts=4,
-        expert_intermediate_size=32,
-        tie_embeddings=False,
-    ),
+    "bench-small": ("cpu-tiny", SMALL),
+    "hybrid-small": ("cpu-tiny-hybrid", SMALL),
+    "tiny": ("cpu-tiny", dict(TINY, num_layers=2)),
+    "tiny-hybrid": ("cpu-tiny-hybrid", TINY_HYBRID),
 }
 
 
@@ -64,7 +86,30 @@ def shape_config(shape: str) -> ModelConfig:
         raise InputError(
             f"unknown benchmark shape {shape!r}; choose one of {sorted(SHAPES)}"
         )
-    return ModelConfig.preset("cpu-tiny", **SHAPES[shape], load_balancing="joint")
+    preset, changes = SHAPES[shape]
+    return ModelConfig.preset(preset, **changes, load_balancing="joint")
+
+
+def cache_growth(config: ModelConfig, dtype: torch.dtype) -> dict:
+    """What the generation cache of one sequence holds, in bytes: bytes_per_token, its
+    growth per token of context (keys and values of the attention layers), and
+    fixed_bytes, the Gated DeltaNet layers' states, whatever the context. Measured on
+    KVCache itself, for a model on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = QwenLM(config).to(dtype)
+    one, two = (KVCache.for_model(model, 1, n).nbytes() for n in (1, 2))
+    return {"bytes_per_token": two - one, "fixed_bytes": 2 * one - two}
+
+
+def cache_summary(config: ModelConfig, dtype: torch.dtype) -> dict:
+    """cache_growth of the shape, and of the same shape with every layer attending (the
+    Qwen3-MoE layout), for comparison."""
+    return {
+        "this_shape": cache_growth(config, dtype),
+        "all_attention": cache_growth(
+            dataclasses.replace(config, layer_types=None), dtype
+        ),
+    }
 
 
 # What "flat" and "grows" mean in numbers, for latency_growth (see latency_summary);
@@ -269,6 +314,52 @@ def bench_decode(
     return result
 
 
+def bench_prefill(ours, hf, prompt_len: int = 1024, repeats: int = 3, seed: int = 0):
+    """The time to read a random prompt of prompt_len tokens and choose the first new
+    token greedily: qwen_minimal's generate (with its cache: the prompt in one forward
+    pass; a Gated DeltaNet layer runs its chunked rule) and transformers' generate
+    (its defaults), one warm-up each, then `repeats` times, alternating."""
+    device = next(ours.parameters()).device
+    g = torch.Generator().manual_seed(seed + 2)
+    prompt = torch.randint(0, ours.config.vocab_size, (1, prompt_len), generator=g).to(
+        device
+    )
+    variants = {
+        "ours": lambda: ours.generate(prompt, 1, temperature=0),
+        "transformers": lambda: hf.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=1,
+            do_sample=False,
+        ),
+    }
+    times, tokens = {name: [] for name in variants}, {}
+    with torch.no_grad():
+        for generate in variants.values():
+            generate()
+        for _ in range(repeats):
+            for name, generate in variants.items():
+                synchronize(device)
+                start = time.perf_counter()
+                tokens[name] = generate()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    result = {
+        name: {
+            "tokens_per_s": prompt_len / statistics.median(t),
+            "tokens_per_s_runs": [prompt_len / s for s in t],
+        }
+        for name, t in times.items()
+    }
+    result.update(
+        prompt_len=prompt_len,
+        first_token_match=bool(torch.equal(tokens["ours"], tokens["transformers"])),
+        speedup_vs_transformers=result["ours"]["tokens_per_s"]
+        / result["transformers"]["tokens_per_s"],
+    )
+    return result
+
+
 def bench_train(
     config: ModelConfig,
     batch_size: int = 8,
@@ -427,6 +518,27 @@ def print_summary(result: dict) -> None:
             "larger operations. "
             "--threads 1 gives steadier figures."
         )
+    p, c = result["prefill"], result["cache"]
+    if p:
+        ours, theirs = p["ours"], p["transformers"]
+        print(
+            f"prefill: {p['prompt_len']} prompt tokens, median (range) of "
+            f"{result['repeats']} runs\n"
+            f"  ours {ours['tokens_per_s']:.0f} "
+            f"({min(ours['tokens_per_s_runs']):.0f}-"
+            f"{max(ours['tokens_per_s_runs']):.0f}) tok/s, transformers "
+            f"{theirs['tokens_per_s']:.0f} ({min(theirs['tokens_per_s_runs']):.0f}-"
+            f"{max(theirs['tokens_per_s_runs']):.0f}) tok/s: "
+            f"{p['speedup_vs_transformers']:.2f}x; first token identical: "
+            f"{p['first_token_match']}"
+        )
+    mine, every = c["this_shape"], c["all_attention"]
+    print(
+        f"cache per token of context: {mine['bytes_per_token']:,} bytes "
+        f"(+ {mine['fixed_bytes']:,} bytes of Gated DeltaNet state, whatever the "
+        f"context); with every layer attending (Qwen3-MoE): "
+        f"{every['bytes_per_token']:,} bytes"
+    )
     if d:
         print(
             f"decode: prompt {d['prompt_len']}, {d['new_tokens']} new tokens, median "
@@ -435,7 +547,9 @@ def print_summary(result: dict) -> None:
         for name in ("ours_cache", "ours_no_cache", "transformers"):
             r = d[name]
             print(
-                f"  {name:14s} {r['tokens_per_s']:7.1f} tok/s   median token "
+                f"  {name:14s} {r['tokens_per_s']:7.1f} tok/s "
+                f"({min(r['tokens_per_s_runs']):.1f}-"
+                f"{max(r['tokens_per_s_runs']):.1f})   median token "
                 f"{r['median_token_latency_ms']:6.2f} ms"
                 f"   first/last quarter {r['first_quarter_latency_ms']:6.2f} / "
                 f"{r['last_quarter_latency_ms']:6.2f} ms"
@@ -485,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="prompt tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prefill_len",
+        type=int,
+        default=1024,
+        help="prompt tokens of the prefill timing; 0 skips it (default: %(default)s)",
     )
     p.add_argument(
         "--new_tokens",
@@ -570,6 +690,7 @@ def load_average() -> list[float] | None:
 def run(
     shape: str = "bench-small",
     prompt_len: int = 16,
+    prefill_len: int = 1024,
     new_tokens: int = 256,
     repeats: int = 3,
     train_batch: int = 8,
@@ -602,10 +723,11 @@ def run(
     )
     # latencies are gaps between tokens
     check_at_least(2, train_seq=train_seq, new_tokens=new_tokens)
-    if prompt_len + new_tokens > config.max_seq_len or train_seq > config.max_seq_len:
+    check_at_least(0, prefill_len=prefill_len)
+    if max(prompt_len + new_tokens, prefill_len + 1, train_seq) > config.max_seq_len:
         raise InputError(
             f"shape {shape} has max_seq_len={config.max_seq_len}: prompt_len + "
-            "new_tokens and "
+            "new_tokens, prefill_len + 1 and "
             f"train_seq must fit in it"
         )
     if out_dir is not None:  # before minutes of measuring, not after
@@ -638,6 +760,9 @@ def run(
     )
 
     ours, hf = same_weights_pair(config, seed, device, torch_dtype)
+    prefill = (
+        bench_prefill(ours, hf, prefill_len, repeats, seed) if prefill_len else None
+    )
     decode = bench_decode(ours, hf, prompt_len, new_tokens, repeats, compile, seed)
     del ours, hf
     train = (
@@ -656,6 +781,8 @@ def run(
         )
     )
     result.update(
+        prefill=prefill,
+        cache=cache_summary(config, torch_dtype),
         decode=decode,
         train=train,
         targets=targets(decode, train),

@@ -25,7 +25,12 @@ import torch
 
 from ..errors import InputError
 from ..files import cannot_write
-from ..interop import EXPORT_MARKER, save_pretrained
+from ..interop import (
+    EXPORT_MARKER,
+    llama_cpp_caveats,
+    save_pretrained,
+    tokenizer_mismatch,
+)
 from ..training import checkpoint
 from ..training.loop import LOCK_FILE, METRICS_FILE
 from .options import exit_on_input_error
@@ -170,6 +175,15 @@ def main(argv: list[str] | None = None) -> None:
         raise cannot_write(args.out, e, "choose another --out") from None
     for file in sorted(folder.iterdir()):
         print(f"{file.stat().st_size:>14,} bytes  {file}")
+    mismatch = tokenizer is not None and tokenizer_mismatch(folder, tokenizer)
+    if mismatch:
+        print(f"# WARNING: {mismatch}", file=sys.stderr)
+    caveats = llama_cpp_caveats(model.config)
+    if caveats:
+        print(
+            f"# WARNING: llama.cpp will not honour {'; '.join(caveats)}",
+            file=sys.stderr,
+        )
     print(
         "# load it with "
         f"transformers.AutoModelForCausalLM.from_pretrained({str(folder)!r})",

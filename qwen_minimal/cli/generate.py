@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..model.config import PRESETS as MODEL_PRESETS
 from ..model.config import ModelConfig
 from ..model.decoder import QwenLM
-from ..training import checkpoint
+from ..training import TRAIN_PRESETS, checkpoint
 from .options import exit_on_input_error
 
 
@@ -166,12 +166,14 @@ def main(argv: list[str] | None = None) -> None:
             .to(device)
             .eval()
         )
+        # the training preset of this model, where there is one (cpu-tiny-hybrid)
+        train = args.preset if args.preset in TRAIN_PRESETS else "cpu-tiny"
         print(
             "# NOTE: no --checkpoint given, so this is a RANDOMLY INITIALISED "
             f"{args.preset} model: "
             "expect noise. Train one with `python -m qwen_minimal train --preset "
-            "cpu-tiny`, then pass "
-            f"--checkpoint runs/cpu-tiny",
+            f"{train}`, then pass "
+            f"--checkpoint {TRAIN_PRESETS[train]['out_dir']}",
             file=sys.stderr,
         )
     texts = generate_text(
