@@ -259,43 +259,31 @@ class TrainConfig:
         )
 
 
+# The settings of the CPU runs, whichever the model.
+CPU_TINY_RUN = dict(
+    batch_size=8,
+    block_size=64,
+    max_steps=100,
+    lr=3e-3,
+    min_lr=1e-4,
+    eval_interval=20,
+    eval_batches=4,
+    log_interval=10,
+    monitor_interval=10,
+    checkpoint_interval=100,
+    dtype="float32",
+    compile=False,
+)
+
 TRAIN_PRESETS: dict[str, dict] = {
     # The original run: 6,000 steps of 128 x 256 tokens on one 80 GB GPU, bf16 autocast,
     # torch.compile.
     "wikitext103": dict(model="wikitext103", out_dir="runs/wikitext103"),
     # Visibly learns on a 2-core CPU in about a minute: small batches, a high learning
     # rate, fp32, no compile.
-    "cpu-tiny": dict(
-        model="cpu-tiny",
-        batch_size=8,
-        block_size=64,
-        max_steps=100,
-        lr=3e-3,
-        min_lr=1e-4,
-        eval_interval=20,
-        eval_batches=4,
-        log_interval=10,
-        monitor_interval=10,
-        checkpoint_interval=100,
-        dtype="float32",
-        compile=False,
-        out_dir="runs/cpu-tiny",
-    ),
+    "cpu-tiny": dict(model="cpu-tiny", out_dir="runs/cpu-tiny", **CPU_TINY_RUN),
     # The same run on the Qwen3-Next-style hybrid of the same width.
     "cpu-tiny-hybrid": dict(
-        model="cpu-tiny-hybrid",
-        batch_size=8,
-        block_size=64,
-        max_steps=100,
-        lr=3e-3,
-        min_lr=1e-4,
-        eval_interval=20,
-        eval_batches=4,
-        log_interval=10,
-        monitor_interval=10,
-        checkpoint_interval=100,
-        dtype="float32",
-        compile=False,
-        out_dir="runs/cpu-tiny-hybrid",
+        model="cpu-tiny-hybrid", out_dir="runs/cpu-tiny-hybrid", **CPU_TINY_RUN
     ),
 }
