@@ -37,7 +37,9 @@ MICRO_CLI = [
 ]
 # a run that goes on until it is stopped
 ENDLESS = ["--max_steps", "100000", "--log_interval", "1", "--eval_interval", "50000"]
-SECONDS = 60  # the most any one process of these tests may take
+# the most any one process of these tests may take: a hang guard, with room for a
+# loaded machine (seen: over 60 s to start python and torch with 4 other jobs running)
+SECONDS = 180
 
 
 def start_training(out_dir, *args) -> subprocess.Popen:
