@@ -181,7 +181,8 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
         (["--threads", "0"], "threads must be at least 1, got 0"),
         # refused before the benchmark, not after minutes of it
         (
-            ["--new_tokens", "8", "--out_dir", str(tmp_path / "file")],
+            ["--new_tokens", "8", "--prefill_len", "0"]
+            + ["--out_dir", str(tmp_path / "file")],
             "a file where a folder is needed",
         ),
         (["--prefill_len", "128"], "prefill_len + 1"),
