@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "continue a run\n"
         "  torchrun --nproc_per_node 8 -m qwen_minimal train --preset wikitext103  # "
         "8 GPUs\n"
-        "Ctrl-C or SIGTERM saves a checkpoint before it stops; --resume continues on "
-        "the same loss curve.",
+        "Ctrl-C or SIGTERM saves a checkpoint before it stops; --resume continues\n"
+        "on the same loss curve.",
     )
     parser.add_argument(
         "--preset",
