@@ -230,6 +230,10 @@ def test_the_landing_and_setup_pages_say_the_build_ran_on_the_demo(
         "\u2019", "'"
     )
     assert "offline demo corpus" in text and "Python's own help text" in text, text
-    assert source.index("demo-build-banner") < source.index("<h2"), (
+    article = source.index('<article class="bd-article"')  # the page's own text
+    title = source.index("<h1", article)
+    banner_at = source.index("demo-build-banner")
+    first_section = source.find("<h2", article)  # -1: the page has no sections
+    assert title < banner_at and (first_section == -1 or banner_at < first_section), (
         f"{page}: the banner is not under the page's title"
     )
