@@ -3,6 +3,7 @@ transformers' Switch loss and against their definitions: per_layer, joint, globa
 bias; and the balance measures of monitoring.py."""
 
 import pytest
+import reference
 import torch
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
@@ -17,6 +18,10 @@ E, K = 6, 2
 def routing(logits: torch.Tensor, k: int = K) -> Routing:
     weights, indices = route(logits, k)
     return Routing(logits, indices, weights, None)
+
+
+# the training tests' micro model, with narrower experts
+MICRO = dict(reference.MICRO_MODEL, expert_intermediate_size=16)
 
 
 def config(**overrides) -> ModelConfig:
@@ -121,17 +126,7 @@ def test_global_batch_training_counts_over_the_micro_batches_of_a_step(
     )
     cfg = TrainConfig.preset(
         "cpu-tiny",
-        model=dict(
-            hidden_size=32,
-            num_layers=2,
-            num_heads=2,
-            num_kv_heads=1,
-            head_dim=16,
-            num_experts=4,
-            expert_intermediate_size=16,
-            max_seq_len=32,
-            load_balancing="global_batch",
-        ),
+        model=dict(MICRO, load_balancing="global_batch"),
         batch_size=4,
         grad_accum_steps=2,
         block_size=16,
@@ -222,18 +217,7 @@ def test_resume_repeats_the_uninterrupted_curve(strategy, offline_data, tmp_path
     def cfg(out):
         return TrainConfig.preset(
             "cpu-tiny",
-            model=dict(
-                hidden_size=32,
-                num_layers=2,
-                num_heads=2,
-                num_kv_heads=1,
-                head_dim=16,
-                num_experts=4,
-                expert_intermediate_size=16,
-                max_seq_len=32,
-                load_balancing=strategy,
-                bias_update_rate=0.01,
-            ),
+            model=dict(MICRO, load_balancing=strategy, bias_update_rate=0.01),
             batch_size=4,
             grad_accum_steps=2,
             block_size=16,

@@ -289,6 +289,17 @@ def every_fourth_layer_attends(num_layers: int) -> list[str]:
     ]
 
 
+# What the Qwen3-Next and Qwen3.5 releases share in their attention layers: 16 gated
+# query heads of 256, a quarter of each rotated, zero-centred norms, rope_theta 1e7.
+HYBRID_ATTENTION = dict(
+    num_heads=16,
+    head_dim=256,
+    partial_rotary_factor=0.25,
+    attn_output_gate=True,
+    zero_centered_norm=True,
+    rope_theta=10_000_000.0,
+)
+
 PRESETS: dict[str, dict] = {
     # The original run: 6 layers, 768 wide, 16 query heads in 4 KV groups of head_dim
     # 48, 8 experts top-2 of width 3072, GPT-2 vocabulary, untied embeddings, context
@@ -386,14 +397,9 @@ PRESETS: dict[str, dict] = {
         hidden_size=2048,
         num_layers=48,
         layer_types=every_fourth_layer_attends(48),
-        num_heads=16,
         num_kv_heads=2,
-        head_dim=256,
-        partial_rotary_factor=0.25,
-        attn_output_gate=True,
-        zero_centered_norm=True,
         max_seq_len=262144,
-        rope_theta=10_000_000.0,
+        **HYBRID_ATTENTION,
         intermediate_size=5120,
         num_experts=512,
         num_experts_per_tok=10,
@@ -412,14 +418,9 @@ PRESETS: dict[str, dict] = {
         hidden_size=4096,
         num_layers=32,
         layer_types=every_fourth_layer_attends(32),
-        num_heads=16,
         num_kv_heads=4,
-        head_dim=256,
-        partial_rotary_factor=0.25,
-        attn_output_gate=True,
-        zero_centered_norm=True,
         max_seq_len=32768,
-        rope_theta=10_000_000.0,
+        **HYBRID_ATTENTION,
         intermediate_size=12288,
         use_moe=False,
         architecture="qwen3_5",
@@ -429,14 +430,9 @@ PRESETS: dict[str, dict] = {
         hidden_size=2048,
         num_layers=40,
         layer_types=every_fourth_layer_attends(40),
-        num_heads=16,
         num_kv_heads=2,
-        head_dim=256,
-        partial_rotary_factor=0.25,
-        attn_output_gate=True,
-        zero_centered_norm=True,
         max_seq_len=32768,
-        rope_theta=10_000_000.0,
+        **HYBRID_ATTENTION,
         num_experts=256,
         num_experts_per_tok=8,
         expert_intermediate_size=512,
